@@ -1,0 +1,3 @@
+"""debiascl: debiased contrastive learning (false negatives and fairness) for PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,92 @@
+"""Interfaces that losses and false-negative detectors implement, and the terms they return.
+
+A *pair loss* turns a :class:`~debiascl.pairs.PairwiseBatch` and a keep-mask into per-anchor loss
+terms; its maths lives in a pure function under :mod:`debiascl.losses`, and the module only owns
+state (e.g. SogCLR's per-sample moving averages). A *detector* turns a batch into a keep-mask over
+negatives (False = declared false negative, removed from the denominator) and owns its own state
+(e.g. GloFND's per-sample thresholds). Both are ``nn.Module`` so their tables travel in
+``state_dict`` and checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from debiascl.objectives.context import StepContext
+from debiascl.pairs import PairwiseBatch
+
+
+@dataclass
+class LossTerms:
+    """Per-anchor output of a pair loss.
+
+    Attributes:
+        loss: (A,) surrogate whose gradient is the method's estimator (in the graph).
+        objective: (A,) detached value of the true objective to log (for InfoNCE the same as loss;
+            for SogCLR the global objective estimated with u, not the surrogate).
+        logs: scalar diagnostics (already reduced over the local anchors).
+    """
+
+    loss: torch.Tensor
+    objective: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class PairLoss(nn.Module):
+    """Base class: per-anchor loss of one direction of a contrastive batch."""
+
+    def forward(  # noqa: D102 - documented in subclasses
+        self,
+        batch: PairwiseBatch,
+        keep: torch.Tensor,
+        logit_scale: torch.Tensor,
+        ctx: StepContext,
+    ) -> LossTerms:
+        raise NotImplementedError
+
+
+class FalseNegativeDetector(nn.Module):
+    """Base class: keep-mask over the negatives of one direction of a contrastive batch.
+
+    ``forward`` returns an (A, M) bool tensor; True keeps the candidate in the anchor's
+    denominator. Entries outside ``batch.neg_mask`` are ignored by the losses. Detectors may update
+    their state when ``ctx.training`` is True and must do so under ``torch.no_grad`` on detached
+    float32 similarities.
+    """
+
+    def forward(self, batch: PairwiseBatch, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class NoDetector(FalseNegativeDetector):
+    """Keeps every negative (plain contrastive learning)."""
+
+    def forward(self, batch: PairwiseBatch, ctx: StepContext) -> torch.Tensor:
+        return torch.ones_like(batch.neg_mask)
+
+
+def keep_at_least_one(keep: torch.Tensor, batch: PairwiseBatch) -> torch.Tensor:
+    """Guarantee one kept negative per anchor.
+
+    Rows that would keep no valid negative keep their least similar one instead (the candidate
+    least likely to be a false negative), so every denominator stays defined.
+
+    Args:
+        keep: (A, M) bool keep-mask.
+        batch: the batch the mask belongs to.
+
+    Returns:
+        (A, M) bool mask, equal to ``keep`` on rows that already keep a negative.
+    """
+    kept = keep & batch.neg_mask
+    empty = ~kept.any(dim=1)
+    if not bool(empty.any()):
+        return keep
+    sim = batch.sim.detach().float().masked_fill(~batch.neg_mask, float("inf"))
+    least = sim.argmin(dim=1)
+    rescue = torch.zeros_like(keep)
+    rescue[torch.arange(keep.shape[0], device=keep.device), least] = True
+    return keep | (rescue & empty[:, None])

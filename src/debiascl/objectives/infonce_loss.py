@@ -1,0 +1,26 @@
+"""InfoNCE as a :class:`PairLoss` (SimCLR NT-Xent, CLIP, with a keep-mask)."""
+
+from __future__ import annotations
+
+import torch
+
+from debiascl.losses.infonce import masked_info_nce
+from debiascl.objectives.base import LossTerms, PairLoss
+from debiascl.objectives.context import StepContext
+from debiascl.pairs import PairwiseBatch
+
+
+class InfoNCELoss(PairLoss):
+    """Per-anchor InfoNCE: -log e^{p} / (e^{p} + sum_kept e^{n})."""
+
+    def forward(
+        self,
+        batch: PairwiseBatch,
+        keep: torch.Tensor,
+        logit_scale: torch.Tensor,
+        ctx: StepContext,
+    ) -> LossTerms:
+        logits = batch.sim.float() * logit_scale
+        pos = logits.gather(1, batch.pos_index[:, None])[:, 0]
+        loss = masked_info_nce(pos, logits, batch.neg_mask & keep)
+        return LossTerms(loss=loss, objective=loss.detach())

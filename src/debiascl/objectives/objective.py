@@ -1,0 +1,166 @@
+"""The contrastive objective: layout + false-negative detector + pair loss, DDP-aware.
+
+This is the one object a training loop needs (the built-in trainer or your own)::
+
+    objective = ContrastiveObjective("image_image", InfoNCELoss(), detector, num_samples=N)
+    out = objective(z1, z2, ids, ctx=StepContext(epoch=e, step=s))
+    out.loss.backward()
+
+Gradient scaling under DDP: each rank sums the loss over its local anchors, multiplies by the
+world size and divides by the global anchor count. Candidates are gathered with gradient, so
+after DDP averages the gradients every rank holds exactly the gradient of the global-batch mean
+loss (tested against one process in ``tests/test_distributed.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from debiascl import distributed as dist_utils
+from debiascl.errors import DataError, check
+from debiascl.negatives.diagnostics import DetectionStats
+from debiascl.objectives.base import (
+    FalseNegativeDetector,
+    NoDetector,
+    PairLoss,
+    keep_at_least_one,
+)
+from debiascl.objectives.context import StepContext
+from debiascl.pairs import PairwiseBatch, clip_pairs, simclr_pairs
+
+Mode = Literal["image_image", "image_text"]
+
+
+@dataclass
+class ObjectiveOutput:
+    """Result of one objective evaluation.
+
+    Attributes:
+        loss: scalar to call ``backward`` on (DDP-scaled, see module docstring).
+        value: detached global-batch mean of the true objective (same on every rank).
+        logs: scalar diagnostics for this step.
+        keep_masks: the keep-mask used for each direction (for inspection and tests).
+    """
+
+    loss: torch.Tensor
+    value: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    keep_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def validate_sample_ids(ids: torch.Tensor, num_samples: int) -> None:
+    """Check that ``ids`` is an int tensor of distinct values in [0, num_samples) globally."""
+    check(
+        not ids.is_floating_point() and not ids.is_complex(),
+        f"sample ids must be an integer tensor, got {ids.dtype}",
+        DataError,
+    )
+    all_ids = dist_utils.gather_no_grad(ids.long())
+    if all_ids.numel() == 0:
+        return
+    lo, hi = int(all_ids.min()), int(all_ids.max())
+    if lo < 0 or hi >= num_samples:
+        bad = lo if lo < 0 else hi
+        raise DataError(
+            f"sample id {bad} is outside [0, {num_samples}); the dataset must return stable ids "
+            f"in [0, num_samples) (set num_samples to the size of the id space)"
+        )
+    if all_ids.unique().numel() != all_ids.numel():
+        raise DataError(
+            "duplicate sample ids in one global batch; each sample may appear once per step "
+            "(use a sampler without replacement, e.g. DistributedSampler with drop_last=True)"
+        )
+
+
+class ContrastiveObjective(nn.Module):
+    """SimCLR- or CLIP-style contrastive objective with false-negative handling.
+
+    Args:
+        mode: ``"image_image"`` (two views of each image) or ``"image_text"`` (image and caption).
+        loss: the per-anchor :class:`PairLoss` (InfoNCE, SogCLR, DCL/HCL/SSD, ...).
+        detector: false-negative detector; ``None`` keeps every negative.
+        num_samples: size of the sample-id space N (ids must lie in [0, N)).
+        directions: for image_text, which anchors contribute: both (symmetric CLIP), or only
+            ``image_to_text`` / ``text_to_image``.
+    """
+
+    def __init__(
+        self,
+        mode: Mode,
+        loss: PairLoss,
+        detector: FalseNegativeDetector | None = None,
+        num_samples: int | None = None,
+        directions: tuple[str, ...] = ("image_to_text", "text_to_image"),
+    ) -> None:
+        super().__init__()
+        check(mode in ("image_image", "image_text"), f"unknown mode {mode!r}")
+        self.mode = mode
+        self.loss_fn = loss
+        self.detector = detector if detector is not None else NoDetector()
+        self.num_samples = num_samples
+        self.directions = directions
+        self.stats = DetectionStats()
+
+    def pairs(
+        self, a: torch.Tensor, b: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor | None
+    ) -> list[PairwiseBatch]:
+        if self.mode == "image_image":
+            return [simclr_pairs(a, b, ids, labels)]
+        i2t, t2i = clip_pairs(a, b, ids, labels)
+        return [p for p in (i2t, t2i) if p.name in self.directions]
+
+    def forward(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        logit_scale: torch.Tensor | float = 10.0,
+        ctx: StepContext | None = None,
+    ) -> ObjectiveOutput:
+        """Evaluate the objective on a local batch.
+
+        Args:
+            a: (b, D) first view (image_image) or image embeddings (image_text).
+            b: (b, D) second view or text embeddings.
+            ids: (b,) int64 sample ids in [0, num_samples).
+            labels: optional (b,) labels, used only by the oracle detector and diagnostics.
+            logit_scale: 1 / temperature (tensor if learnable).
+            ctx: training position; defaults to a training step at epoch 0.
+        """
+        ctx = ctx or StepContext()
+        if self.num_samples is not None:
+            validate_sample_ids(ids, self.num_samples)
+        scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=a.device)
+        total = torch.zeros((), device=a.device)
+        value = torch.zeros((), device=a.device, dtype=torch.float64)
+        logs: dict[str, float] = {}
+        masks: dict[str, torch.Tensor] = {}
+        batches = self.pairs(a, b, ids, labels)
+        weight = 1.0 / len(batches)
+        for batch in batches:
+            keep = keep_at_least_one(self.detector(batch, ctx), batch)
+            if ctx.training:
+                self.stats.update(batch, keep)
+            terms = self.loss_fn(batch, keep, scale, ctx)
+            total = total + weight * terms.loss.sum() * dist_utils.world_size() / batch.global_anchors
+            value = value + weight * terms.objective.double().sum() / batch.global_anchors
+            for key, val in terms.logs.items():
+                logs[f"{batch.name}/{key}" if len(batches) > 1 else key] = val
+            masks[batch.name] = keep
+        value = dist_utils.all_reduce_sum(value)
+        return ObjectiveOutput(loss=total, value=value, logs=logs, keep_masks=masks)
+
+    def epoch_diagnostics(self, reset: bool = True) -> dict[str, float]:
+        """Removal fraction and detection quality since the last reset (reduced over ranks)."""
+        out = self.stats.compute()
+        extra = getattr(self.detector, "diagnostics", None)
+        if callable(extra):
+            out.update(extra())
+        if reset:
+            self.stats.reset()
+        return out

@@ -1,0 +1,168 @@
+"""Anchor x candidate similarity layouts for SimCLR and CLIP batches.
+
+Every loss and false-negative detector in debiascl works on a :class:`PairwiseBatch`: a matrix of
+cosine similarities between the *local* anchors of this process and the *global* candidates of
+the whole (all-gathered) batch, with the column of each anchor's positive and a mask of its valid
+negatives. One process is the special case ``world_size == 1``.
+
+SimCLR layout (Chen et al., 2020): the local batch has views ``z1, z2`` of shape (b, D); anchors
+are the 2b rows ``[z1; z2]``; candidates are the 2B rows ``[Z1; Z2]`` of the global batch
+(B = b * world). Anchor i's positive is its other view; its negatives are the 2B - 2 rows that are
+neither itself nor its positive.
+
+CLIP layout (Radford et al., 2021): image anchors (b) against the B global texts and text anchors
+(b) against the B global images; the positive is the paired item, the B - 1 others are negatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from debiascl import distributed as dist_utils
+from debiascl.errors import check
+
+
+@dataclass
+class PairwiseBatch:
+    """Similarities of local anchors to global candidates.
+
+    Attributes:
+        name: direction, ``"image"`` (SimCLR), ``"image_to_text"`` or ``"text_to_image"``.
+        sim: (A, M) cosine similarities, in the autograd graph.
+        pos_index: (A,) int64 column of each anchor's positive in ``sim``.
+        neg_mask: (A, M) bool, True where the candidate is a negative of the anchor.
+        anchor_ids: (A,) int64 dataset sample id of each anchor (the two SimCLR views of one image
+            share an id).
+        candidate_ids: (M,) int64 sample ids of the candidates.
+        anchor_labels / candidate_labels: optional (A,) / (M,) class labels, used only by the
+            ``oracle`` detector and by diagnostics, never by an unsupervised loss.
+        global_anchors: number of anchors over all ranks (the loss is a mean over these).
+    """
+
+    name: str
+    sim: torch.Tensor
+    pos_index: torch.Tensor
+    neg_mask: torch.Tensor
+    anchor_ids: torch.Tensor
+    candidate_ids: torch.Tensor
+    anchor_labels: torch.Tensor | None
+    candidate_labels: torch.Tensor | None
+    global_anchors: int
+
+    @property
+    def pos_sim(self) -> torch.Tensor:
+        """(A,) similarity of each anchor to its positive (in the graph)."""
+        return self.sim.gather(1, self.pos_index[:, None]).squeeze(1)
+
+    @property
+    def num_anchors(self) -> int:
+        return self.sim.shape[0]
+
+    def same_label_mask(self) -> torch.Tensor | None:
+        """(A, M) bool: negatives that share the anchor's label (true false negatives)."""
+        if self.anchor_labels is None or self.candidate_labels is None:
+            return None
+        return (self.anchor_labels[:, None] == self.candidate_labels[None, :]) & self.neg_mask
+
+
+def _check_embeddings(name: str, x: torch.Tensor, ids: torch.Tensor) -> None:
+    check(x.dim() == 2, f"{name} must have shape (batch, dim), got {tuple(x.shape)}")
+    check(
+        ids.dim() == 1 and ids.shape[0] == x.shape[0],
+        f"sample ids must have shape ({x.shape[0]},) to match {name}, got {tuple(ids.shape)}",
+    )
+
+
+def _gather_ids_labels(
+    ids: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    all_ids = dist_utils.gather_no_grad(ids.long())
+    all_labels = dist_utils.gather_no_grad(labels.long()) if labels is not None else None
+    return all_ids, all_labels
+
+
+def simclr_pairs(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    normalize: bool = True,
+) -> PairwiseBatch:
+    """Build the SimCLR layout from the local views ``z1, z2`` (b, D) and sample ids (b,).
+
+    Under DDP the candidates are all-gathered with gradient; every rank must pass the same b.
+    """
+    _check_embeddings("z1", z1, ids)
+    check(z1.shape == z2.shape, f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
+          f"{tuple(z2.shape)}")
+    if normalize:
+        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    b = z1.shape[0]
+    all_z1, all_z2 = dist_utils.gather_with_grad(z1), dist_utils.gather_with_grad(z2)
+    all_ids, all_labels = _gather_ids_labels(ids, labels)
+    big_b = all_z1.shape[0]
+    offset = dist_utils.rank() * b
+
+    anchors = torch.cat([z1, z2], dim=0)
+    candidates = torch.cat([all_z1, all_z2], dim=0)
+    sim = anchors @ candidates.T
+
+    local = torch.arange(b, device=z1.device)
+    self_col = torch.cat([offset + local, big_b + offset + local])
+    pos_col = torch.cat([big_b + offset + local, offset + local])
+    rows = torch.arange(2 * b, device=z1.device)
+    neg_mask = torch.ones(2 * b, 2 * big_b, dtype=torch.bool, device=z1.device)
+    neg_mask[rows, self_col] = False
+    neg_mask[rows, pos_col] = False
+    return PairwiseBatch(
+        name="image",
+        sim=sim,
+        pos_index=pos_col,
+        neg_mask=neg_mask,
+        anchor_ids=torch.cat([ids, ids]).long(),
+        candidate_ids=torch.cat([all_ids, all_ids]),
+        anchor_labels=torch.cat([labels, labels]).long() if labels is not None else None,
+        candidate_labels=torch.cat([all_labels, all_labels]) if all_labels is not None else None,
+        global_anchors=2 * big_b,
+    )
+
+
+def clip_pairs(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    normalize: bool = True,
+) -> tuple[PairwiseBatch, PairwiseBatch]:
+    """Build the two CLIP directions from local image and text embeddings (b, D).
+
+    Returns ``(image_to_text, text_to_image)``.
+    """
+    _check_embeddings("image", image, ids)
+    check(image.shape == text.shape, f"image and text embeddings must have the same shape, got "
+          f"{tuple(image.shape)} and {tuple(text.shape)}")
+    if normalize:
+        image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
+    b = image.shape[0]
+    all_image, all_text = dist_utils.gather_with_grad(image), dist_utils.gather_with_grad(text)
+    all_ids, all_labels = _gather_ids_labels(ids, labels)
+    big_b = all_image.shape[0]
+    offset = dist_utils.rank() * b
+    pos_col = offset + torch.arange(b, device=image.device)
+    neg_mask = torch.ones(b, big_b, dtype=torch.bool, device=image.device)
+    neg_mask[torch.arange(b, device=image.device), pos_col] = False
+    common = dict(
+        pos_index=pos_col,
+        neg_mask=neg_mask,
+        anchor_ids=ids.long(),
+        candidate_ids=all_ids,
+        anchor_labels=labels.long() if labels is not None else None,
+        candidate_labels=all_labels,
+        global_anchors=big_b,
+    )
+    i2t = PairwiseBatch(name="image_to_text", sim=image @ all_text.T, **common)
+    t2i = PairwiseBatch(name="text_to_image", sim=text @ all_image.T, **common)
+    return i2t, t2i
