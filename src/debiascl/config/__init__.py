@@ -1,0 +1,6 @@
+"""Typed configuration loaded from YAML."""
+
+from debiascl.config.loader import config_from_dict, dump_config, load_config
+from debiascl.config.schema import RunConfig
+
+__all__ = ["RunConfig", "config_from_dict", "dump_config", "load_config"]

@@ -1,0 +1,163 @@
+"""Typed run configuration (pydantic), one section per part of the library.
+
+Unknown keys are errors (``extra="forbid"``) and values are validated on load, so a typo in a YAML
+file or a ``key=value`` override fails before any work starts. Each method's issue owns its own
+section; add fields there with a one-line description.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """What to train and evaluate on."""
+
+    dataset: Literal["fashion_mnist", "digits", "manifest", "image_folder", "synthetic_attr"] = (
+        "fashion_mnist"
+    )
+    mode: Literal["image_image", "image_text"] = "image_image"
+    root: str | None = Field(None, description="data directory (default: the built-in location)")
+    manifest: str | None = Field(None, description="CSV/Parquet manifest for dataset=manifest")
+    test_manifest: str | None = None
+    image_column: str = "path"
+    text_column: str = "text"
+    label_column: str | None = "label"
+    attribute_columns: list[str] = Field(default_factory=list)
+    train_size: int | None = Field(None, ge=1, description="use the first N training samples")
+    test_size: int | None = Field(None, ge=1, description="use the first N test samples")
+    image_size: int = Field(28, ge=8)
+    channels: int = Field(1, ge=1, le=3)
+    caption_templates: Literal["default", "single", "skewed"] = "default"
+    num_workers: int = Field(0, ge=0)
+    augment: Literal["simclr", "light", "none"] = "simclr"
+    on_bad_image: Literal["error", "skip"] = "error"
+
+
+class ModelConfig(Section):
+    """Encoders and heads."""
+
+    encoder: str = Field("small_cnn", description="small_cnn | resnet18 | resnet50 | timm:<name>")
+    small_image_stem: bool = True
+    width: int = Field(32, ge=4, description="channel width of small_cnn")
+    pretrained: bool = False
+    proj_hidden_dim: int = Field(256, ge=1)
+    embed_dim: int = Field(128, ge=1)
+    text_encoder: Literal["minilm", "bag_of_words"] = "minilm"
+    text_trainable: bool = False
+    logit_scale_init: float = Field(1 / 0.07, gt=0)
+    learn_logit_scale: bool = True
+    max_logit_scale: float = Field(100.0, gt=0)
+
+
+class LossConfig(Section):
+    """Contrastive loss (registry ``debiascl.registry.LOSSES``)."""
+
+    name: str = Field("infonce", description="infonce | sogclr | dcl | hcl | ssd")
+    temperature: float = Field(0.2, gt=0)
+    # SogCLR (DESIGN 3.2)
+    gamma: float = Field(0.9, gt=0, le=1)
+    gamma_schedule: Literal["constant", "cosine"] = "constant"
+    gamma_min: float = Field(0.2, gt=0, le=1)
+    # DCL / HCL / SSD (DESIGN 3.4)
+    eta: float = Field(0.1, ge=0, lt=1, description="constant false-negative rate tau+")
+    beta: float = Field(0.0, ge=0, description="HCL hardness")
+    eta_source: Literal["constant", "ssd_mlm", "corpus_lm", "class_frequency"] = "constant"
+    ssd_a: float = Field(0.2, ge=0, lt=1)
+    ssd_k: float = Field(0.35, gt=0)
+    mlm_path: str | None = None
+    directions: Literal["both", "image_to_text", "text_to_image"] = "both"
+
+
+class NegativesConfig(Section):
+    """False-negative detector (registry ``debiascl.registry.DETECTORS``)."""
+
+    name: str = Field("none", description="none | fnc | glofnd | single | oracle")
+    alpha: float = Field(0.05, gt=0, lt=1, description="target false-negative fraction")
+    start_epoch: int = Field(0, ge=0, description="first epoch whose masks remove negatives")
+    update_start_epoch: int | None = Field(
+        None, ge=0, description="first epoch that updates thresholds (default start_epoch)"
+    )
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(0.05, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.98, ge=0, lt=1)
+    init: Literal["one", "batch_quantile"] = "one"
+    reset_on_resume: bool = False
+
+
+class FairnessConfig(Section):
+    """Adversarial fairness (AdFair-CLIP, DESIGN 3.5)."""
+
+    enabled: bool = False
+    attributes: list[str] = Field(default_factory=list)
+    weight: float = Field(1.0, ge=0, description="adversarial weight lambda_adv")
+    method: Literal["reversal", "alternating"] = "reversal"
+    objective: Literal["cross_entropy", "confusion"] = "confusion"
+    on: Literal["image", "text", "feature"] = "image"
+    hidden_dim: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    disc_steps: int = Field(1, ge=1)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "sgd", "lars"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=2, description="global batch size (split over ranks)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+    eval_every: int = Field(0, ge=0, description="evaluate every k epochs (0: only at the end)")
+    log_every: int = Field(20, ge=1)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+
+
+class EvalConfig(Section):
+    linear_probe_fractions: list[float] = Field(default_factory=lambda: [1.0, 0.1, 0.01])
+    knn_k: int = Field(200, ge=1)
+    knn_temperature: float = Field(0.1, gt=0)
+    zero_shot: bool = True
+    retrieval: bool = True
+    references: bool = Field(True, description="also evaluate random-init encoder and raw pixels")
+    probe_seeds: int = Field(1, ge=1, description="label draws for small label fractions")
+
+
+class CheckpointConfig(Section):
+    every_epochs: int = Field(1, ge=1)
+    keep_last: int = Field(2, ge=1)
+    resume: str | None = Field(None, description="'latest' or a checkpoint path")
+    save_on_signal: bool = True
+
+
+class RunConfig(Section):
+    """The whole run. ``name`` and ``output_dir`` decide the run directory."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
