@@ -101,10 +101,30 @@ class FairnessConfig(Section):
     method: Literal["reversal", "alternating"] = "reversal"
     objective: Literal["cross_entropy", "confusion"] = "confusion"
     on: Literal["image", "text", "feature"] = "image"
-    hidden_dim: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    disc_steps: int = Field(1, ge=1)
-    warmup_epochs: int = Field(0, ge=0)
+    hidden_dim: int = Field(128, ge=1, description="discriminator MLP width")
+    disc_layers: int = Field(2, ge=1, description="hidden layers of the discriminator MLP")
+    lr: float = Field(1e-3, gt=0, description="discriminator learning rate (own Adam)")
+    disc_steps: int = Field(1, ge=1, description="discriminator steps per encoder step")
+    warmup_epochs: float = Field(0, ge=0, description="epochs with adversarial weight 0")
+    schedule: Literal["constant", "linear", "dann"] = Field(
+        "constant", description="adversarial weight after warm-up"
+    )
+    ramp_epochs: float = Field(0, ge=0, description="epochs of the linear/dann weight ramp")
+    # audit (DESIGN 3.6, 4)
+    audit_attributes: list[str] | None = Field(
+        None, description="attributes to audit (default: data.attribute_columns)"
+    )
+    intersections: list[list[str]] = Field(
+        default_factory=list, description="attribute combinations audited as intersections"
+    )
+    threshold_rule: Literal["youden", "f1", "prevalence"] = Field(
+        "youden", description="how the validation split picks decision thresholds"
+    )
+    bootstrap: int = Field(200, ge=0, description="bootstrap resamples for intervals (0: none)")
+    ece_bins: int = Field(10, ge=2)
+    few_shot_k: list[int] = Field(default_factory=lambda: [1, 4, 16])
+    few_shot_seeds: int = Field(3, ge=1)
+    leakage_probe: bool = True
 
 
 class OptimConfig(Section):
