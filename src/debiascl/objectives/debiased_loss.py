@@ -1,0 +1,223 @@
+"""DCL / HCL / SSD as a :class:`PairLoss`, with eta constant or one value per sample id.
+
+The maths is :func:`debiascl.losses.debiased.debiased_info_nce`; this module owns the eta table
+(an (N,) buffer indexed by ``batch.anchor_ids``) and the registry builders ``dcl``, ``hcl`` and
+``ssd``.
+
+For image-text data the table is indexed by the pair id, so a pair's eta (that of its text in SSD)
+applies to its image anchor (image -> text) and its text anchor (text -> image); ``eta_directions``
+restricts the correction to one direction (the other then uses eta = 0, i.e. InfoNCE/HCL).
+The keep-mask of a false-negative detector is honoured: removed negatives leave the estimator and
+N counts only the kept ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from debiascl import distributed as dist_utils
+from debiascl.config.schema import RunConfig
+from debiascl.data.info import DatasetInfo
+from debiascl.errors import ConfigError, DataError, check
+from debiascl.eta.sources import EtaSpec, build_eta_table
+from debiascl.eta.summary import eta_summary
+from debiascl.losses.debiased import check_eta, debiased_info_nce
+from debiascl.objectives.base import LossTerms, PairLoss
+from debiascl.objectives.context import StepContext
+from debiascl.pairs import PairwiseBatch
+from debiascl.registry import LOSSES
+
+log = logging.getLogger(__name__)
+
+
+class DebiasedLoss(PairLoss):
+    """Per-anchor debiased contrastive loss (Chuang et al. 2020; Robinson et al. 2021; Wang et
+    al. 2023).
+
+    Args:
+        eta: a number in [0, 1) (DCL/HCL) or an (N,) tensor of per-sample rates indexed by sample id
+            (SSD); NaN entries mark ids without an eta and raise if such an id is used.
+        beta: HCL hardness (0 = DCL).
+        num_samples: if given, the table length must equal it.
+        eta_directions: batch names (``"image"``, ``"image_to_text"``, ``"text_to_image"``) that get
+            the correction; ``None`` = all.
+
+    Logs per direction: ``clamped_fraction`` (anchors at the N e^{-1/t} floor), ``eta_mean`` and
+    ``negatives`` (mean N).
+    """
+
+    def __init__(
+        self,
+        eta: float | torch.Tensor = 0.1,
+        beta: float = 0.0,
+        num_samples: int | None = None,
+        eta_directions: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        check(beta >= 0, f"HCL hardness beta must be >= 0, got {beta}", ConfigError)
+        self.beta = float(beta)
+        self.eta_directions = tuple(eta_directions) if eta_directions is not None else None
+        self.eta_value: float | None
+        if isinstance(eta, torch.Tensor):
+            check(
+                eta.dim() == 1,
+                f"a per-sample eta table must have shape (N,), got {tuple(eta.shape)}",
+                DataError,
+            )
+            if num_samples is not None:
+                check(
+                    eta.shape[0] == num_samples,
+                    f"the eta table has {eta.shape[0]} entries but there are {num_samples} sample "
+                    f"ids; build one eta per sample id",
+                    DataError,
+                )
+            table = eta.detach().float()
+            known = table[~torch.isnan(table)]
+            check_eta(known)
+            self.eta_value = None
+            self.register_buffer("eta_table", table, persistent=False)
+        else:
+            check_eta(float(eta))
+            self.eta_value = float(eta)
+            self.eta_table = None
+
+    def anchor_eta(self, batch: PairwiseBatch) -> float | torch.Tensor:
+        """eta of each anchor of ``batch``: a float or an (A,) tensor."""
+        if self.eta_directions is not None and batch.name not in self.eta_directions:
+            return 0.0
+        if self.eta_table is None:
+            assert self.eta_value is not None
+            return self.eta_value
+        ids = batch.anchor_ids.to(self.eta_table.device)
+        if ids.numel() and int(ids.max()) >= self.eta_table.shape[0]:
+            raise DataError(
+                f"sample id {int(ids.max())} has no entry in the eta table of length "
+                f"{self.eta_table.shape[0]}; build the table over the whole id space"
+            )
+        eta = self.eta_table[ids]
+        missing = torch.isnan(eta)
+        if bool(missing.any()):
+            bad = int(ids[missing][0])
+            raise DataError(
+                f"sample id {bad} has no eta (it had no text or label when the eta table was "
+                f"built); give every training sample a text/label or use a constant eta"
+            )
+        return eta.to(batch.sim.device)
+
+    def forward(
+        self,
+        batch: PairwiseBatch,
+        keep: torch.Tensor,
+        logit_scale: torch.Tensor,
+        ctx: StepContext,
+    ) -> LossTerms:
+        """Per-anchor loss of one direction; ``keep`` (A, M) is the detector's keep-mask."""
+        logits = batch.sim.float() * logit_scale
+        pos = logits.gather(1, batch.pos_index[:, None])[:, 0]
+        eta = self.anchor_eta(batch)
+        terms = debiased_info_nce(
+            pos,
+            logits,
+            batch.neg_mask & keep,
+            eta=eta,
+            beta=self.beta,
+            logit_scale=logit_scale,
+            check_inputs=False,
+        )
+        eta_mean = float(eta.float().mean()) if isinstance(eta, torch.Tensor) else float(eta)
+        logs = {
+            "clamped_fraction": float(terms.clamped.float().mean()) if terms.loss.numel() else 0.0,
+            "eta_mean": eta_mean,
+            "negatives": float(terms.num_negatives.float().mean()) if terms.loss.numel() else 0.0,
+        }
+        return LossTerms(loss=terms.loss, objective=terms.loss.detach(), logs=logs)
+
+
+_DIRECTION_NAMES = {
+    "both": None,
+    "image_to_text": ("image_to_text",),
+    "text_to_image": ("text_to_image",),
+}
+
+
+def _resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def eta_spec_from_config(cfg: RunConfig, source: str) -> EtaSpec:
+    """The :class:`EtaSpec` described by ``cfg.loss`` for an explicit ``source``."""
+    lc = cfg.loss
+    cache_dir = lc.eta_cache_dir if lc.eta_cache_dir is not None else f"{cfg.output_dir}/eta_cache"
+    return EtaSpec(
+        source=source,
+        eta=lc.eta,
+        a=lc.ssd_a,
+        k=lc.ssd_k,
+        mlm_path=lc.mlm_path,
+        mlm_batch_size=lc.mlm_batch_size,
+        mlm_max_length=lc.mlm_max_length,
+        mlm_device=_resolve_device(lc.mlm_device),
+        ngram_order=lc.corpus_lm_order,
+        cache_dir=cache_dir,
+        cache_readonly=lc.eta_cache_readonly,
+    )
+
+
+def _build(cfg: RunConfig, info: DatasetInfo, method: str) -> DebiasedLoss:
+    lc = cfg.loss
+    if method == "dcl" and lc.beta != 0:
+        raise ConfigError(
+            f"loss.beta={lc.beta} is HCL's hardness but loss.name=dcl; use loss.name=hcl or beta=0"
+        )
+    source = lc.eta_source
+    if source == "auto":
+        source = "ssd_mlm" if method == "ssd" else "constant"
+    if method == "ssd" and source == "constant":
+        raise ConfigError(
+            "loss.name=ssd needs a per-sample eta; set loss.eta_source to ssd_mlm, corpus_lm or "
+            "class_frequency (or use loss.name=dcl for a constant eta)"
+        )
+    if cfg.data.mode == "image_image" and lc.eta_directions != "both":
+        raise ConfigError(
+            "loss.eta_directions applies to image_text data only; leave it at 'both' for "
+            "image_image"
+        )
+    directions = _DIRECTION_NAMES[lc.eta_directions]
+    if source == "constant":
+        return DebiasedLoss(eta=lc.eta, beta=lc.beta, eta_directions=directions)
+
+    spec = eta_spec_from_config(cfg, source)
+    # Rank 0 scores the texts (possibly minutes with a masked LM) and every rank gets its table.
+    table: torch.Tensor | None = None
+    if dist_utils.is_main_process():
+        spec.progress = True
+        table = build_eta_table(spec, info.num_samples, texts=info.texts, labels=info.labels)
+        eta_summary(table, info.texts)
+    table = dist_utils.broadcast_object(table)
+    assert isinstance(table, torch.Tensor)
+    return DebiasedLoss(
+        eta=table, beta=lc.beta, num_samples=info.num_samples, eta_directions=directions
+    )
+
+
+@LOSSES.register("dcl")
+def build_dcl(cfg: RunConfig, info: DatasetInfo) -> DebiasedLoss:
+    """DCL (Chuang et al. 2020): eta from ``loss.eta`` (or a per-sample source), beta = 0."""
+    return _build(cfg, info, "dcl")
+
+
+@LOSSES.register("hcl")
+def build_hcl(cfg: RunConfig, info: DatasetInfo) -> DebiasedLoss:
+    """HCL (Robinson et al. 2021): DCL with hardness ``loss.beta``."""
+    return _build(cfg, info, "hcl")
+
+
+@LOSSES.register("ssd")
+def build_ssd(cfg: RunConfig, info: DatasetInfo) -> DebiasedLoss:
+    """SSD (Wang et al. 2023): per-sample eta = a * p_LM(text)^k (``loss.eta_source``)."""
+    return _build(cfg, info, "ssd")
