@@ -9,6 +9,7 @@ from __future__ import annotations
 from debiascl.config.schema import RunConfig
 from debiascl.data.info import DatasetInfo
 from debiascl.objectives import builtin as _builtin  # noqa: F401  (registers infonce, none)
+from debiascl.objectives import debiased_loss as _debiased  # noqa: F401  (dcl, hcl, ssd)
 from debiascl.objectives.objective import ContrastiveObjective
 from debiascl.registry import DETECTORS, LOSSES
 
