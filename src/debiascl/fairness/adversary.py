@@ -81,7 +81,10 @@ def confusion_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     keep = target >= 0
     if not bool(keep.any()):
         return logits.sum() * 0.0
-    logp = F.log_softmax(logits[keep].float(), dim=-1)
+    lg = logits[keep]
+    if lg.dtype in (torch.float16, torch.bfloat16):  # AMP: the log of small probabilities
+        lg = lg.float()
+    logp = F.log_softmax(lg, dim=-1)
     k = logits.shape[-1]
     return (-logp.mean(dim=-1) - math.log(k)).mean()
 

@@ -1,0 +1,208 @@
+"""AdFair-CLIP adversary: gradient reversal, alternating updates, objectives, schedule, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from debiascl.config.schema import FairnessConfig
+from debiascl.errors import ConfigError, DataError
+from debiascl.fairness.adversary import (
+    AdversarialFairness,
+    AttributeSpec,
+    adversarial_weight,
+    build_adversary,
+    confusion_loss,
+    grad_reverse,
+)
+
+SPECS = [AttributeSpec("sex", 2), AttributeSpec("race", 3)]
+
+
+def _batch(n=16, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    attrs = torch.stack(
+        [torch.randint(0, 2, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)], 1
+    )
+    attrs[0, 0] = -1  # missing sex
+    attrs[1, 1] = -1  # missing race
+    return z, attrs
+
+
+def _adv(**kw):
+    torch.manual_seed(0)
+    return AdversarialFairness(8, SPECS, hidden_dim=6, **kw).double()
+
+
+def _manual_ce(adv, z, attrs):
+    """Discriminator CE written plainly: mean over labelled rows, summed over attributes."""
+    out = adv.discriminator(z)
+    total = 0.0
+    for j, spec in enumerate(SPECS):
+        t = attrs[:, j]
+        keep = t >= 0
+        total = total + F.cross_entropy(out[spec.name][keep], t[keep])
+    return total
+
+
+def test_grad_reverse_function():
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64)
+    (grad_reverse(x, 0.3) * w).sum().backward()
+    assert torch.allclose(x.grad, -0.3 * w)
+    assert torch.equal(grad_reverse(x, 0.3), x)
+
+
+def test_reversal_encoder_gets_negated_scaled_discriminator_gradient():
+    adv = _adv(weight=0.7, method="reversal", objective="cross_entropy")
+    z, attrs = _batch()
+    z1 = z.clone().requires_grad_(True)
+    term, _ = adv.encoder_term(z1, attrs, epoch=0)
+    term.backward()
+    disc_grads = [p.grad.clone() for p in adv.discriminator.parameters()]
+    adv.discriminator.zero_grad()
+    z2 = z.clone().requires_grad_(True)
+    _manual_ce(adv, z2, attrs).backward()
+    assert torch.allclose(z1.grad, -0.7 * z2.grad)
+    # the discriminator itself receives the un-reversed, unscaled gradient of its CE
+    for g1, p in zip(disc_grads, adv.discriminator.parameters(), strict=True):
+        assert torch.allclose(g1, p.grad)
+    # and numerically: finite differences of the CE along a random direction
+    v = torch.randn_like(z)
+    eps = 1e-6
+    with torch.no_grad():
+        fd = (_manual_ce(adv, z + eps * v, attrs) - _manual_ce(adv, z - eps * v, attrs)) / (2 * eps)
+    assert torch.allclose((z1.grad * v).sum(), -0.7 * fd, rtol=1e-5)
+
+
+def test_missing_attributes_do_not_contribute():
+    adv = _adv(method="reversal", objective="cross_entropy")
+    z, attrs = _batch()
+    attrs[:, 0] = -1  # nobody has sex
+    attrs[2:, 1] = -1  # only rows 0 (and 1 is already missing) have race -> only row 0
+    z1 = z.clone().requires_grad_(True)
+    term, logs = adv.encoder_term(z1, attrs, 0)
+    term.backward()
+    assert torch.count_nonzero(z1.grad.abs().sum(1)).item() == 1
+    assert z1.grad[0].abs().sum() > 0
+    assert logs["adv/sex/labelled"] == 0
+
+
+def test_alternating_updates_touch_only_their_side():
+    adv = _adv(method="alternating", objective="confusion", lr=0.05)
+    enc = torch.nn.Linear(4, 8).double()
+    enc_opt = torch.optim.SGD(enc.parameters(), lr=0.1)
+    x = torch.randn(16, 4, dtype=torch.float64)
+    _, attrs = _batch()
+
+    def snap(m):
+        return [p.detach().clone() for p in m.parameters()]
+
+    d0, e0 = snap(adv.discriminator), snap(enc)
+    adv.discriminator_step(enc(x).detach(), attrs)
+    d1, e1 = snap(adv.discriminator), snap(enc)
+    assert any(not torch.equal(a, b) for a, b in zip(d0, d1, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(e0, e1, strict=True))
+
+    enc_opt.zero_grad()
+    term, _ = adv.encoder_term(enc(x), attrs, epoch=0)
+    term.backward()
+    assert all(p.grad is None for p in adv.discriminator.parameters())
+    enc_opt.step()
+    adv.step()  # no-op for alternating
+    d2, e2 = snap(adv.discriminator), snap(enc)
+    assert all(torch.equal(a, b) for a, b in zip(d1, d2, strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(e1, e2, strict=True))
+
+
+def test_reversal_step_updates_discriminator():
+    adv = _adv(method="reversal", objective="confusion", lr=0.05)
+    z, attrs = _batch()
+    before = [p.detach().clone() for p in adv.discriminator.parameters()]
+    term, _ = adv.encoder_term(z.clone().requires_grad_(True), attrs, 0)
+    term.backward()
+    adv.step()
+    after = list(adv.discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(p.grad is None for p in after)
+
+
+def test_confusion_objective_value_and_gradient_to_encoder():
+    adv = _adv(weight=2.0, method="alternating", objective="confusion")
+    z, attrs = _batch()
+    z1 = z.clone().requires_grad_(True)
+    term, _ = adv.encoder_term(z1, attrs, 0)
+    with torch.no_grad():
+        out = adv.discriminator(z)
+    ref = 0.0
+    for j, spec in enumerate(SPECS):
+        keep = attrs[:, j] >= 0
+        p = out[spec.name][keep].softmax(-1)
+        k = p.shape[1]
+        ref += (1.0 / k * (math.log(1.0 / k) - p.log())).sum(1).mean()  # KL(u || p)
+    assert torch.allclose(term.detach(), 2.0 * ref)
+    assert term.item() >= 0
+
+
+def test_confusion_loss_zero_at_uniform_and_bounded_below():
+    t = torch.tensor([0, 1, -1])
+    assert confusion_loss(torch.zeros(3, 4), t).item() == pytest.approx(0.0, abs=1e-7)
+    assert confusion_loss(torch.randn(3, 4) * 5, t).item() > 0
+
+
+def test_weight_schedule():
+    assert adversarial_weight(0.5, 2.0, "constant", 1.0, 0.0) == 0.0
+    assert adversarial_weight(1.0, 2.0, "constant", 1.0, 0.0) == 2.0
+    assert adversarial_weight(2.0, 2.0, "linear", 1.0, 4.0) == pytest.approx(0.5)
+    assert adversarial_weight(9.0, 2.0, "linear", 1.0, 4.0) == pytest.approx(2.0)
+    p = 0.5
+    assert adversarial_weight(3.0, 2.0, "dann", 1.0, 4.0) == pytest.approx(
+        2.0 * (2 / (1 + math.exp(-10 * p)) - 1)
+    )
+    adv = _adv(weight=1.0, method="reversal", objective="cross_entropy", warmup_epochs=2)
+    z, attrs = _batch()
+    z1 = z.clone().requires_grad_(True)
+    term, logs = adv.encoder_term(z1, attrs, epoch=1)
+    term.backward()
+    assert logs["adv/weight"] == 0.0 and torch.count_nonzero(z1.grad) == 0
+
+
+def test_adversary_learns_a_decodable_attribute():
+    torch.manual_seed(1)
+    n = 256
+    a = torch.randint(0, 2, (n,))
+    z = torch.randn(n, 8) + 2.0 * a[:, None].float()
+    adv = AdversarialFairness(8, [AttributeSpec("a", 2)], method="alternating", lr=1e-2)
+    for _ in range(100):
+        logs = adv.discriminator_step(z, a)
+    assert logs["adv/a/disc_acc"] > 0.9
+
+
+def test_bad_inputs():
+    adv = _adv()
+    z, attrs = _batch()
+    with pytest.raises(DataError, match="expected"):
+        adv.encoder_term(z, attrs[:, :1], 0)
+    bad = attrs.clone()
+    bad[0, 1] = 3
+    with pytest.raises(DataError, match="outside"):
+        adv.encoder_term(z, bad, 0)
+    with pytest.raises(DataError, match="lacks"):
+        adv.encoder_term(z, {"sex": attrs[:, 0]}, 0)
+    with pytest.raises(ConfigError):
+        AdversarialFairness(8, [AttributeSpec("x", 1)])
+    with pytest.raises(ConfigError):
+        AdversarialFairness(8, SPECS, schedule="cosine")
+
+
+def test_build_from_config():
+    cfg = FairnessConfig(enabled=True, attributes=["sex"], method="alternating", lr=0.01)
+    adv = build_adversary(cfg, 16, {"sex": 2, "race": 3})
+    assert adv.method == "alternating" and adv.optimizer.param_groups[0]["lr"] == 0.01
+    assert build_adversary(FairnessConfig(), 16, {}) is None
+    with pytest.raises(ConfigError, match="not attribute columns"):
+        build_adversary(FairnessConfig(enabled=True, attributes=["age"]), 16, {"sex": 2})
