@@ -7,7 +7,7 @@ section; add fields there with a one-line description.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -171,13 +171,38 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    linear_probe_fractions: list[float] = Field(default_factory=lambda: [1.0, 0.1, 0.01])
+    """Frozen-feature evaluation (``debiascl.eval``, DESIGN 4); the test split is only scored."""
+
+    linear_probe_fractions: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: [1.0, 0.1, 0.01],
+        description="labelled fractions of the training split, class-balanced",
+    )
     knn_k: int = Field(200, ge=1)
     knn_temperature: float = Field(0.1, gt=0)
     zero_shot: bool = True
+    zero_shot_templates: list[str] = Field(
+        default_factory=list,
+        description="prompt templates with '{}' for the class name; empty: the data's captions",
+    )
     retrieval: bool = True
+    retrieval_ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5, 10])
     references: bool = Field(True, description="also evaluate random-init encoder and raw pixels")
     probe_seeds: int = Field(1, ge=1, description="label draws for small label fractions")
+    probe_C: float | None = Field(
+        None, gt=0, description="fixed logistic-regression C; null: CV on the labelled subset"
+    )
+    probe_Cs: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0], description="C grid for the probe CV"
+    )
+    probe_cv_folds: int = Field(3, ge=2)
+    probe_cv_max_samples: int | None = Field(
+        5000, ge=10, description="CV on a class-balanced subsample of at most this many rows"
+    )
+    probe_max_iter: int = Field(1000, ge=1, description="lbfgs iterations per probe fit")
+    few_shot: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="images per class for few-shot probes (empty: off)"
+    )
+    few_shot_seeds: int = Field(3, ge=1)
 
 
 class CheckpointConfig(Section):
