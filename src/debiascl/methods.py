@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from debiascl.config.schema import RunConfig
 from debiascl.data.info import DatasetInfo
+from debiascl.negatives import builders as _negatives  # noqa: F401  (glofnd, fnc, single, oracle)
 from debiascl.objectives import builtin as _builtin  # noqa: F401  (registers infonce, none)
 from debiascl.objectives import debiased_loss as _debiased  # noqa: F401  (dcl, hcl, ssd)
+from debiascl.objectives import sogclr_loss as _sogclr  # noqa: F401  (registers sogclr)
 from debiascl.objectives.objective import ContrastiveObjective
 from debiascl.registry import DETECTORS, LOSSES
 

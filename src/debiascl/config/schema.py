@@ -68,6 +68,9 @@ class LossConfig(Section):
     table_placement: Literal["device", "cpu"] = Field(
         "device", description="where SogCLR's u tables live (cpu for very large id spaces)"
     )
+    table_placement: Literal["device", "cpu"] = Field(
+        "device", description="where SogCLR's u tables live (cpu for very large id spaces)"
+    )
     # DCL / HCL / SSD (DESIGN 3.4)
     eta: float = Field(0.1, ge=0, lt=1, description="constant false-negative rate tau+")
     beta: float = Field(0.0, ge=0, description="HCL hardness (hcl, ssd; must be 0 for dcl)")
@@ -109,8 +112,14 @@ class NegativesConfig(Section):
     lr: float = Field(0.05, gt=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.98, ge=0, lt=1)
-    init: Literal["one", "batch_quantile"] = "one"
-    reset_on_resume: bool = False
+    init: Literal["one", "batch_quantile"] = Field(
+        "one", description="lambda at 1 (filters nothing) or the batch quantile on first visit"
+    )
+    reset_on_resume: bool = Field(False, description="reset thresholds when loading a checkpoint")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon of the per-sample threshold update")
+    table_placement: Literal["device", "cpu"] = Field(
+        "device", description="where threshold tables live (cpu for very large id spaces)"
+    )
 
 
 class FairnessConfig(Section):

@@ -19,8 +19,14 @@ class DetectionStats:
     """Accumulates removal and detection-quality sums over an epoch."""
 
     _KEYS = (
-        "removed", "negatives", "precision_sum", "precision_n", "recall_sum", "recall_n",
-        "true_fn", "true_fn_removed",
+        "removed",
+        "negatives",
+        "precision_sum",
+        "precision_n",
+        "recall_sum",
+        "recall_n",
+        "true_fn",
+        "true_fn_removed",
     )
 
     def __init__(self) -> None:

@@ -1,0 +1,215 @@
+"""GloFND: global false-negative discovery with a per-anchor threshold learned on the fly.
+
+Balmaseda, Wang, Lin and Yang, "Discovering Global False Negatives On the Fly for
+Self-supervised Contrastive Learning", ICML 2025 (DESIGN 3.3). Each sample i owns a threshold
+lambda_i that tracks the (1 - alpha)-quantile of its similarities to *all* its negatives in the
+dataset; negatives with s_ij > lambda_i are removed from i's denominator.
+
+Each step, for the anchors in the batch only (O(B x 2B), independent of N):
+
+1. read (lambda, m, v, visits) of the batch's ids from one packed table;
+2. gradient d_i = alpha - (fraction of i's batch negatives above lambda_i); unimodal batches pool
+   both views' rows of image i into one gradient;
+3. per-sample Adam (the reference code's rule; bias-corrected with the sample's own update count)
+   or projected SGD (the paper's rule), then clip to [-1, 1]; with ``init="batch_quantile"`` a
+   sample's first visit instead sets lambda_i to its batch (1 - alpha)-quantile;
+4. write the rows back (all-gathered across ranks, so every rank's table is identical);
+5. keep-mask with the *new* lambda: keep s_ij <= lambda_i.
+
+All of it runs under ``no_grad`` on detached float32 similarities (fp16/bf16 cosines are too
+coarse near the quantile).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from debiascl.errors import ConfigError
+from debiascl.negatives.base import ScheduledDetector
+from debiascl.negatives.thresholds import (
+    adam_threshold_step,
+    kth_largest,
+    quantile_rank,
+    sgd_threshold_step,
+    threshold_gradient,
+)
+from debiascl.objectives.context import StepContext
+from debiascl.pairs import PairwiseBatch
+from debiascl.state.groups import AnchorGroups, anchor_groups, direction_names
+from debiascl.state.tables import Placement, SampleTable
+
+LAMBDA_COLUMNS = ("lambda", "m", "v", "visits")
+LAMBDA_DEFAULTS = (1.0, 0.0, 0.0, 0.0)
+
+
+def pooled_quantile(
+    sim: torch.Tensor, neg_mask: torch.Tensor, groups: AnchorGroups, alpha: float
+) -> torch.Tensor:
+    """Batch (1 - alpha)-quantile (k-th largest, k = ceil(alpha n)) of each id's negatives.
+
+    Unimodal ids pool the negatives of both views' rows; returns (G,).
+    """
+    if groups.layout == "two_views":
+        g = groups.ids.shape[0]
+        sim = torch.cat([sim[:g], sim[g:]], dim=1)
+        neg_mask = torch.cat([neg_mask[:g], neg_mask[g:]], dim=1)
+    q = kth_largest(sim, neg_mask, quantile_rank(neg_mask.sum(1), alpha))
+    if groups.layout == "general":
+        return groups.pool_sum(q) / groups.rows_per_id()  # mean of the rows' quantiles
+    return q
+
+
+class GloFNDDetector(ScheduledDetector):
+    """Per-anchor learned thresholds (one table per direction: lambda_img and lambda_txt).
+
+    Args:
+        num_samples: size N of the sample-id space.
+        alpha: target fraction of negatives to remove, in (0, 1).
+        mode: ``"image_image"`` (one lambda per image, both views pooled) or ``"image_text"``
+            (lambda_img for image -> text, lambda_txt for text -> image).
+        directions: image_text directions to allocate tables for (default both).
+        start_epoch / update_start_epoch: see :class:`ScheduledDetector`.
+        optimizer: ``"adam"`` (per-sample Adam) or ``"sgd"`` (projected SGD; starting from 1 it
+            needs a large lr, around 5, to reach the quantile in a short run).
+        lr, beta1, beta2, eps: update hyperparameters (reference: 0.05, 0.9, 0.98, 1e-8).
+        init: ``"one"`` (lambda starts at 1 and filters nothing) or ``"batch_quantile"`` (a
+            sample's first update sets lambda to its batch quantile).
+        reset_on_resume: restore every threshold to its initial state after ``load_state_dict``.
+        placement: table placement, ``"device"`` or ``"cpu"``.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        alpha: float,
+        mode: str = "image_image",
+        directions: tuple[str, ...] | None = None,
+        start_epoch: int = 0,
+        update_start_epoch: int | None = None,
+        optimizer: str = "adam",
+        lr: float = 0.05,
+        beta1: float = 0.9,
+        beta2: float = 0.98,
+        eps: float = 1e-8,
+        init: str = "one",
+        reset_on_resume: bool = False,
+        placement: Placement = "device",
+    ) -> None:
+        super().__init__(alpha, start_epoch, update_start_epoch)
+        if optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"GloFND optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        if init not in ("one", "batch_quantile"):
+            raise ConfigError(f"GloFND init must be 'one' or 'batch_quantile', got {init!r}")
+        if lr <= 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or eps <= 0:
+            raise ConfigError(
+                f"GloFND needs lr > 0, 0 <= beta1, beta2 < 1 and eps > 0; got lr={lr}, "
+                f"beta1={beta1}, beta2={beta2}, eps={eps}"
+            )
+        self.optimizer = optimizer
+        self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), eps
+        self.init = init
+        self.reset_on_resume = reset_on_resume
+        self.tables = nn.ModuleDict(
+            {
+                name: SampleTable(num_samples, LAMBDA_COLUMNS, LAMBDA_DEFAULTS, placement)
+                for name in direction_names(mode, directions)
+            }
+        )
+        self.register_load_state_dict_post_hook(_reset_after_load)
+
+    def table(self, name: str) -> SampleTable:
+        if name not in self.tables:
+            raise ConfigError(
+                f"this GloFND detector has tables for {list(self.tables)} but got a {name!r} "
+                f"batch; build it with the objective's mode and directions"
+            )
+        return self.tables[name]  # type: ignore[return-value]
+
+    def thresholds(self, name: str, ids: torch.Tensor) -> torch.Tensor:
+        """(n,) current lambda of ``ids`` in direction ``name`` (e.g. ``"image"``)."""
+        return self.table(name).read(ids)[:, 0]
+
+    @torch.no_grad()
+    def update(self, batch: PairwiseBatch, groups: AnchorGroups, sim: torch.Tensor) -> torch.Tensor:
+        """One threshold update for the batch's anchors; returns their new (G,) lambdas."""
+        assert self.alpha is not None
+        table = self.table(batch.name)
+        lam, m, v, visits = table.read(groups.ids).unbind(1)
+        if self.init == "batch_quantile":
+            first = visits == 0
+            lam = torch.where(first, pooled_quantile(sim, batch.neg_mask, groups, self.alpha), lam)
+        above, total = threshold_gradient(sim, batch.neg_mask, groups.expand(lam), self.alpha)
+        grad = self.alpha - groups.pool_sum(above) / groups.pool_sum(total).clamp_min(1.0)
+        if self.optimizer == "adam":
+            # The sample's own update count: its first visit is the quantile init, not a step.
+            step = visits if self.init == "batch_quantile" else visits + 1
+            new_lam, new_m, new_v = adam_threshold_step(
+                lam, m, v, grad, step.clamp_min(1.0), self.lr, self.beta1, self.beta2, self.eps
+            )
+        else:
+            new_lam, new_m, new_v = sgd_threshold_step(lam, grad, self.lr), m, v
+        if self.init == "batch_quantile":
+            new_lam = torch.where(first, lam, new_lam)
+            new_m, new_v = torch.where(first, m, new_m), torch.where(first, v, new_v)
+        table.write(groups.ids, torch.stack([new_lam, new_m, new_v, visits + 1], dim=1))
+        return new_lam
+
+    @torch.no_grad()
+    def forward(self, batch: PairwiseBatch, ctx: StepContext) -> torch.Tensor:
+        """(A, M) keep-mask: True where s_ij <= lambda_i (every entry before ``start_epoch``)."""
+        masking, updating = self.masking(ctx), self.updating(ctx)
+        if not masking and not updating:
+            return self.keep_all(batch)
+        sim = batch.sim.detach().float()
+        groups = anchor_groups(batch)
+        if updating:
+            lam = self.update(batch, groups, sim)
+        else:
+            lam = self.table(batch.name).read(groups.ids)[:, 0]
+        if not masking:
+            return self.keep_all(batch)
+        return sim <= groups.expand(lam)[:, None]
+
+    @torch.no_grad()
+    def diagnostics(self, max_points: int = 1 << 20) -> dict[str, float]:
+        """Distribution of the learned thresholds over visited samples (per direction).
+
+        O(N) once per call (meant per epoch); quantiles use an evenly strided subsample of at
+        most ``max_points`` visited samples. Tables are identical on every rank, so no collective.
+        """
+        out: dict[str, float] = {}
+        for name, table in self.tables.items():
+            data = table.data
+            visited = data[:, 3] > 0
+            lam = data[:, 0][visited]
+            prefix = f"lambda/{name}"
+            out[f"{prefix}/visited_fraction"] = float(visited.float().mean())
+            if lam.numel() == 0:
+                continue
+            sample = lam[:: max(1, lam.numel() // max_points)]
+            q = torch.quantile(sample.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
+            out.update(
+                {
+                    f"{prefix}/mean": float(lam.double().mean()),
+                    f"{prefix}/std": float(lam.double().std()) if lam.numel() > 1 else 0.0,
+                    f"{prefix}/min": float(lam.min()),
+                    f"{prefix}/max": float(lam.max()),
+                    f"{prefix}/p10": float(q[0]),
+                    f"{prefix}/p50": float(q[1]),
+                    f"{prefix}/p90": float(q[2]),
+                }
+            )
+        return out
+
+    def reset(self) -> None:
+        """Restore every threshold, moment and visit count to its initial value."""
+        for table in self.tables.values():
+            table.reset()  # type: ignore[operator]
+
+
+def _reset_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    if isinstance(module, GloFNDDetector) and module.reset_on_resume:
+        module.reset()

@@ -1,0 +1,109 @@
+"""Threshold maths shared by the detectors: batch quantiles and the lambda update rules.
+
+GloFND (Balmaseda et al., ICML 2025) learns lambda_i, the (1 - alpha)-quantile of anchor i's
+similarities R_i to all its negatives, by minimising
+
+    f(nu) = nu * alpha + mean_{r in R_i} max(r - nu, 0)   over nu in [-1, 1],
+
+whose minimiser is the k-th largest r with k = ceil(alpha |R_i|). A batch gives the stochastic
+(sub)gradient d_i = alpha - (fraction of anchor i's batch negatives with s_ij > lambda_i).
+Everything here is pure, no-grad tensor maths on float32 similarities.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from debiascl.errors import ConfigError
+
+
+def quantile_rank(n: torch.Tensor, alpha: float) -> torch.Tensor:
+    """k = ceil(alpha * n) clamped to [1, n]: the rank (from the top) of the (1-alpha)-quantile.
+
+    A relative tolerance keeps k exact when alpha * n is an integer up to float rounding.
+    """
+    k = torch.ceil(n.double() * alpha - 1e-9).long()
+    return torch.minimum(k.clamp_min(1), n.long().clamp_min(1))
+
+
+def kth_largest(sim: torch.Tensor, mask: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per row, the k_i-th largest of the entries where ``mask`` is True.
+
+    Args:
+        sim: (R, M) float similarities.
+        mask: (R, M) bool, True for the entries to rank (at least k_i per row).
+        k: (R,) int64 ranks in [1, M].
+
+    Returns:
+        (R,) the k_i-th largest masked value per row (partial sort of max(k) columns only).
+    """
+    kmax = int(k.max()) if k.numel() else 1
+    top = sim.masked_fill(~mask, float("-inf")).topk(kmax, dim=1).values
+    return top.gather(1, (k - 1).clamp_min(0)[:, None])[:, 0]
+
+
+def threshold_gradient(
+    sim: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts behind the stochastic gradient of the lambda objective, per row.
+
+    Args:
+        sim: (R, M) float32 similarities (detached).
+        mask: (R, M) bool negatives of each row.
+        lam: (R,) threshold of each row.
+        alpha: target fraction.
+
+    Returns:
+        ``(above, total)``: (R,) float counts of negatives with s > lambda, and of negatives. The
+        gradient of a (pooled) anchor is ``alpha - sum(above) / sum(total)``.
+    """
+    above = ((sim > lam[:, None]) & mask).sum(1).float()
+    total = mask.sum(1).float()
+    return above, total
+
+
+def adam_threshold_step(
+    lam: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    grad: torch.Tensor,
+    step: torch.Tensor,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.98,
+    eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample Adam with bias correction, then projection onto [-1, 1].
+
+    Args:
+        lam, m, v, grad: (G,) thresholds, first and second moments, gradients.
+        step: (G,) 1-based count of this sample's updates (for the bias correction).
+
+    Returns:
+        ``(lam, m, v)`` after the step.
+    """
+    m = beta1 * m + (1.0 - beta1) * grad
+    v = beta2 * v + (1.0 - beta2) * grad * grad
+    step = step.float()
+    m_hat = m / (1.0 - torch.pow(beta1, step))
+    v_hat = v / (1.0 - torch.pow(beta2, step))
+    lam = (lam - lr * m_hat / (v_hat.sqrt() + eps)).clamp(-1.0, 1.0)
+    return lam, m, v
+
+
+def sgd_threshold_step(lam: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
+    """Projected SGD, the paper's rule: clip(lambda - lr * grad, -1, 1)."""
+    return (lam - lr * grad).clamp(-1.0, 1.0)
+
+
+def check_alpha(alpha: float) -> float:
+    """Validate the target fraction alpha in (0, 1)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+        raise ConfigError(
+            f"alpha must be in (0, 1) (the fraction of negatives to remove), got {alpha!r}"
+        )
+    if math.isnan(alpha):
+        raise ConfigError("alpha must be in (0, 1), got nan")
+    return float(alpha)

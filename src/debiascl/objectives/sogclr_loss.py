@@ -1,0 +1,148 @@
+"""SogCLR global contrastive loss as a :class:`PairLoss` owning its per-sample u tables.
+
+Unimodal (SimCLR layout): one u per image. Each view's row uses its own fresh estimate
+u_v = (1 - gamma) u + gamma g_v in its weights and the table stores the mean of the two view
+estimates (as LibAUC's SogCLR does). Bimodal (CLIP layout): u_img for image anchors and u_txt for
+text anchors, keyed by ``PairwiseBatch.name``, on logits relative to the positive (DESIGN 3.2).
+
+Removed negatives (the keep-mask from a false-negative detector) leave both g (the mean over kept
+negatives) and the surrogate (normalised by the kept count n_i).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from debiascl.config.schema import RunConfig
+from debiascl.data.info import DatasetInfo
+from debiascl.errors import ConfigError
+from debiascl.losses.global_contrastive import (
+    cosine_gamma,
+    masked_log_mean_exp,
+    moving_average_log_u,
+    sogclr_objective,
+    sogclr_surrogate,
+)
+from debiascl.objectives.base import LossTerms, PairLoss
+from debiascl.objectives.context import StepContext
+from debiascl.pairs import PairwiseBatch
+from debiascl.registry import LOSSES
+from debiascl.state.groups import anchor_groups, direction_names
+from debiascl.state.tables import Placement, SampleTable
+
+U_COLUMNS = ("log_u", "visits")
+
+
+class GlobalContrastiveLoss(PairLoss):
+    """Per-anchor SogCLR loss with moving-average estimators u (tables of size N).
+
+    Args:
+        num_samples: size N of the sample-id space.
+        mode: ``"image_image"`` or ``"image_text"``.
+        gamma: moving-average rate (``gamma_schedule="constant"``) or its start value (cosine).
+        gamma_schedule: ``"constant"`` or ``"cosine"`` (from ``gamma`` down to ``gamma_min``
+            over ``ctx.progress``; the bimodal reference uses 1.0 -> 0.2).
+        gamma_min: final gamma of the cosine schedule.
+        directions: image_text directions to allocate tables for (default both).
+        relative: use logits relative to the positive (default: True for image_text only).
+        placement: table placement, ``"device"`` or ``"cpu"``.
+
+    ``forward`` returns :class:`LossTerms` with ``loss`` the surrogate and ``objective`` the
+    global objective -l_pos + log u (what to log). Tables update only when ``ctx.training``.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        mode: str = "image_image",
+        gamma: float = 0.9,
+        gamma_schedule: str = "constant",
+        gamma_min: float = 0.2,
+        directions: tuple[str, ...] | None = None,
+        relative: bool | None = None,
+        placement: Placement = "device",
+    ) -> None:
+        super().__init__()
+        if not 0.0 < gamma <= 1.0 or not 0.0 < gamma_min <= 1.0:
+            raise ConfigError(f"gamma and gamma_min must be in (0, 1], got {gamma}, {gamma_min}")
+        if gamma_schedule not in ("constant", "cosine"):
+            raise ConfigError(
+                f"gamma_schedule must be 'constant' or 'cosine', got {gamma_schedule!r}"
+            )
+        self.mode = mode
+        self.gamma = float(gamma)
+        self.gamma_schedule = gamma_schedule
+        self.gamma_min = float(gamma_min)
+        self.relative = (mode == "image_text") if relative is None else bool(relative)
+        self.tables = nn.ModuleDict(
+            {
+                name: SampleTable(num_samples, U_COLUMNS, [0.0, 0.0], placement=placement)
+                for name in direction_names(mode, directions)
+            }
+        )
+
+    def gamma_at(self, progress: float) -> float:
+        """The moving-average rate at training progress in [0, 1]."""
+        if self.gamma_schedule == "cosine":
+            return cosine_gamma(self.gamma, self.gamma_min, progress)
+        return self.gamma
+
+    def table(self, name: str) -> SampleTable:
+        if name not in self.tables:
+            raise ConfigError(
+                f"this SogCLR loss has tables for {list(self.tables)} but got a {name!r} batch; "
+                f"build it with the objective's mode and directions"
+            )
+        return self.tables[name]  # type: ignore[return-value]
+
+    def forward(
+        self,
+        batch: PairwiseBatch,
+        keep: torch.Tensor,
+        logit_scale: torch.Tensor,
+        ctx: StepContext,
+    ) -> LossTerms:
+        """Surrogate and objective per anchor.
+
+        Args:
+            batch: one direction of the contrastive batch (A anchors x M candidates).
+            keep: (A, M) bool keep-mask from the detector (False removes a negative).
+            logit_scale: 1 / temperature (scalar tensor, may require grad).
+            ctx: training position (``progress`` drives the cosine gamma schedule).
+        """
+        table = self.table(batch.name)
+        logits = batch.sim.float() * logit_scale
+        pos = logits.gather(1, batch.pos_index[:, None])[:, 0]
+        mask = batch.neg_mask & keep
+        gamma = self.gamma_at(ctx.progress)
+        with torch.no_grad():
+            x = (logits - pos[:, None]) if self.relative else logits
+            log_g = masked_log_mean_exp(x.detach(), mask)
+            groups = anchor_groups(batch)
+            rows = table.read(groups.ids)
+            visits = rows[:, 1]
+            first = groups.expand(visits == 0)
+            log_u = moving_average_log_u(groups.expand(rows[:, 0]), log_g, gamma, first)
+            if ctx.training:
+                new = torch.stack([groups.pool_logmeanexp(log_u), visits + 1], dim=1)
+                table.write(groups.ids, new)
+        loss = sogclr_surrogate(logits, pos, mask, log_u, relative=self.relative)
+        objective = sogclr_objective(pos.detach(), log_u, relative=self.relative)
+        return LossTerms(loss=loss, objective=objective, logs={"gamma": gamma})
+
+
+@LOSSES.register("sogclr")
+def build_sogclr(cfg: RunConfig, info: DatasetInfo) -> GlobalContrastiveLoss:
+    directions = None
+    if cfg.data.mode == "image_text" and cfg.loss.directions != "both":
+        directions = (cfg.loss.directions,)
+    return GlobalContrastiveLoss(
+        num_samples=info.num_samples,
+        mode=cfg.data.mode,
+        gamma=cfg.loss.gamma,
+        gamma_schedule=cfg.loss.gamma_schedule,
+        gamma_min=cfg.loss.gamma_min,
+        directions=directions,
+        placement=cfg.loss.table_placement,
+    )
