@@ -150,7 +150,7 @@ def intersect(attributes: Mapping[str, Sequence], names: Sequence[str]) -> np.nd
     for i in range(n):
         parts = []
         for name, col in zip(names, cols, strict=True):
-            if _is_missing(col[i]):
+            if is_missing(col[i]):
                 parts = None
                 break
             parts.append(f"{name}={col[i]}")
@@ -158,7 +158,7 @@ def intersect(attributes: Mapping[str, Sequence], names: Sequence[str]) -> np.nd
     return out
 
 
-def _is_missing(v: object) -> bool:
+def is_missing(v: object) -> bool:
     if v is None:
         return True
     if isinstance(v, float) and math.isnan(v):
@@ -400,7 +400,7 @@ def fairness_report(
         }
     rng = np.random.default_rng(seed)
     for name, col in cols.items():
-        missing = np.array([_is_missing(v) for v in col], dtype=bool)
+        missing = np.array([is_missing(v) for v in col], dtype=bool)
         present = col[~missing]
         seen = sorted({_key(v) for v in present}, key=str)
         known = None
