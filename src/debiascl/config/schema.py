@@ -17,27 +17,50 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    """What to train and evaluate on."""
+    """What to train and evaluate on (built in ``debiascl.data.build.build_data``)."""
 
     dataset: Literal["fashion_mnist", "digits", "manifest", "image_folder", "synthetic_attr"] = (
         "fashion_mnist"
     )
     mode: Literal["image_image", "image_text"] = "image_image"
-    root: str | None = Field(None, description="data directory (default: the built-in location)")
+    root: str | None = Field(
+        None,
+        description="data directory: Fashion-MNIST IDX folder (default the Debian location) or "
+        "the image_folder root (with train/ and test/ subfolders, or class folders directly)",
+    )
     manifest: str | None = Field(None, description="CSV/Parquet manifest for dataset=manifest")
-    test_manifest: str | None = None
+    test_manifest: str | None = Field(None, description="test manifest (vocabularies from train)")
     image_column: str = "path"
-    text_column: str = "text"
-    label_column: str | None = "label"
+    text_column: str = Field("text", description="caption/report column (image_text mode)")
+    label_column: str | None = Field("label", description="class column; null if unlabelled")
     attribute_columns: list[str] = Field(default_factory=list)
-    train_size: int | None = Field(None, ge=1, description="use the first N training samples")
-    test_size: int | None = Field(None, ge=1, description="use the first N test samples")
+    id_column: str | None = Field(None, description="sample-id column (default: row order)")
+    train_size: int | None = Field(
+        None, ge=1, description="use a seeded class-stratified subset of N training samples"
+    )
+    test_size: int | None = Field(
+        None, ge=1, description="use a seeded class-stratified subset of N test samples"
+    )
+    subset_seed: int | None = Field(
+        None,
+        description="seed of the train_size/test_size subsets (default: the run seed for the "
+        "training subset and 0 for the test subset, so every run is tested on the same samples)",
+    )
     image_size: int = Field(28, ge=8)
-    channels: int = Field(1, ge=1, le=3)
+    channels: Literal[1, 3] = 1
     caption_templates: Literal["default", "single", "skewed"] = "default"
     num_workers: int = Field(0, ge=0)
-    augment: Literal["simclr", "light", "none"] = "simclr"
+    augment: Literal["simclr", "light", "none"] | None = Field(
+        None, description="augmentation strength (default simclr for image_image, light for "
+        "image_text)"
+    )
+    blur: bool = Field(False, description="add random Gaussian blur to the simclr augmentation")
     on_bad_image: Literal["error", "skip"] = "error"
+    high_bit_scaling: Literal["dtype", "minmax"] = Field(
+        "dtype",
+        description="how 16-bit images become 8-bit: divide by the type's range, or per-image "
+        "min-max (for 12-bit values stored in 16 bits)",
+    )
 
 
 class ModelConfig(Section):

@@ -1,0 +1,308 @@
+"""Build the configured datasets (:func:`build_data`) and their loaders (:func:`make_loader`).
+
+Dataset builders live in the :data:`DATASETS` registry with the signature
+``(cfg: DataConfig, seed: int) -> (train, test | None)`` returning :class:`SampleDataset` objects
+with labels and class names where known; :func:`build_data` then takes the ``train_size`` /
+``test_size`` subsets, attaches captions in ``image_text`` mode and builds the
+:class:`DatasetInfo`. Another dataset registers itself with ``@DATASETS.register("name")``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
+
+from debiascl import distributed as dist_utils
+from debiascl.config.schema import DataConfig
+from debiascl.data.builtin import (
+    DIGITS_CLASSES,
+    FASHION_MNIST_CLASSES,
+    load_digits_split,
+    load_fashion_mnist,
+)
+from debiascl.data.captions import make_captions
+from debiascl.data.datasets import SampleDataset, TensorImageDataset
+from debiascl.data.image_folder import ImageFolderDataset
+from debiascl.data.images import collate_skip_none
+from debiascl.data.info import DatasetInfo
+from debiascl.data.manifest import ManifestDataset
+from debiascl.errors import ConfigError
+from debiascl.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+
+#: Seed of the test-split captions and (without data.subset_seed) the test subset: fixed, so runs
+#: with different seeds are evaluated on identical test data.
+TEST_SEED = 0
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer and evaluation need to know about the data.
+
+    Attributes:
+        train, test: datasets yielding the batch mapping of :mod:`debiascl.data.datasets`
+            (``test`` is None when the source has no test split).
+        info: :class:`DatasetInfo` of the training set, indexed by sample id.
+        class_names: class names by label, or None.
+        channels, image_size: what the model receives after augmentation (``data.channels``,
+            ``data.image_size``); stored images may differ (the augmentation converts).
+        mode: ``image_image`` or ``image_text``.
+        attr_names, attr_vocab: attribute columns and their value -> code vocabularies.
+    """
+
+    train: SampleDataset
+    test: SampleDataset | None
+    info: DatasetInfo
+    class_names: list[str] | None
+    channels: int
+    image_size: int
+    mode: str = "image_image"
+    attr_names: list[str] = field(default_factory=list)
+    attr_vocab: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def stratified_subset(labels: torch.Tensor | np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted rows of a seeded subset of ``size`` rows keeping each class's share.
+
+    Classes (``-1`` counts as one) get ``size * n_c / n`` rows rounded by largest remainder
+    (ties to the lower class), drawn without replacement.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    n = labels.size
+    if size > n:
+        raise ConfigError(f"subset size {size} exceeds the {n} available samples; lower it")
+    if size == n:
+        return np.arange(n)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = size * counts / n
+    quota = np.floor(exact).astype(np.int64)
+    remainder = size - int(quota.sum())
+    order = np.lexsort((classes, -(exact - quota)))  # largest fraction first, then class
+    quota[order[:remainder]] += 1
+    rng = np.random.default_rng(seed)
+    rows = [
+        rng.choice(np.flatnonzero(labels == c), size=int(q), replace=False)
+        for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(rows))
+
+
+# ------------------------------------------------------------------------- dataset builders
+@DATASETS.register("fashion_mnist")
+def _fashion_mnist(cfg: DataConfig, seed: int) -> tuple[SampleDataset, SampleDataset]:
+    names = list(FASHION_MNIST_CLASSES)
+    out = []
+    for split in ("train", "test"):
+        images, labels = load_fashion_mnist(split, cfg.root)
+        out.append(TensorImageDataset(images, labels, class_names=names))
+    return out[0], out[1]
+
+
+@DATASETS.register("digits")
+def _digits(cfg: DataConfig, seed: int) -> tuple[SampleDataset, SampleDataset]:
+    names = list(DIGITS_CLASSES)
+    out = []
+    for split in ("train", "test"):
+        images, labels = load_digits_split(split)
+        out.append(TensorImageDataset(images, labels, class_names=names))
+    return out[0], out[1]
+
+
+@DATASETS.register("manifest")
+def _manifest(cfg: DataConfig, seed: int) -> tuple[SampleDataset, SampleDataset | None]:
+    if cfg.manifest is None:
+        raise ConfigError("dataset=manifest needs data.manifest=<path to .csv or .parquet>")
+    common = {
+        "image_column": cfg.image_column,
+        "text_column": cfg.text_column if cfg.mode == "image_text" else None,
+        "label_column": cfg.label_column,
+        "attribute_columns": cfg.attribute_columns,
+        "id_column": cfg.id_column,
+        "channels": cfg.channels,
+        "image_size": cfg.image_size,
+        "on_bad_image": cfg.on_bad_image,
+        "high_bit_scaling": cfg.high_bit_scaling,
+    }
+    train = ManifestDataset(cfg.manifest, **common)
+    test = None
+    if cfg.test_manifest is not None:
+        test = ManifestDataset(
+            cfg.test_manifest,
+            attr_vocab=train.attr_vocab,
+            label_vocab=train.label_vocab,
+            **common,
+        )
+    return train, test
+
+
+@DATASETS.register("image_folder")
+def _image_folder(cfg: DataConfig, seed: int) -> tuple[SampleDataset, SampleDataset | None]:
+    if cfg.root is None:
+        raise ConfigError("dataset=image_folder needs data.root=<folder of class folders>")
+    root = Path(cfg.root)
+    common = {
+        "channels": cfg.channels,
+        "image_size": cfg.image_size,
+        "on_bad_image": cfg.on_bad_image,
+        "high_bit_scaling": cfg.high_bit_scaling,
+    }
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train = ImageFolderDataset(root / "train", **common)
+        test = ImageFolderDataset(root / "test", class_names=train.class_names, **common)
+        return train, test
+    return ImageFolderDataset(root, **common), None
+
+
+# ------------------------------------------------------------------------- assembly
+def _subset(ds: SampleDataset, size: int | None, seed: int, what: str) -> SampleDataset:
+    if size is None or size == len(ds):
+        return ds
+    if size > len(ds):
+        raise ConfigError(
+            f"data.{what}_size={size} exceeds the {len(ds)} {what} samples; lower it or unset it"
+        )
+    return ds.select(stratified_subset(ds.labels, size, seed))
+
+
+def _attach_captions(ds: SampleDataset, cfg: DataConfig, seed: int) -> SampleDataset:
+    if ds.texts is not None:
+        return ds
+    if ds.class_names is None or bool((ds.labels < 0).any()):
+        raise ConfigError(
+            f"data.mode=image_text needs a caption for every sample: dataset {cfg.dataset!r} "
+            "has no text column and not every sample has a named class; set data.text_column "
+            "or label every sample"
+        )
+    names = [n.replace("_", " ") for n in ds.class_names]
+    return ds.with_texts(
+        make_captions(names, ds.labels.numpy(), ds.ids.numpy(), cfg.caption_templates, seed)
+    )
+
+
+def build_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """The train/test datasets and :class:`DatasetInfo` that ``cfg`` describes.
+
+    ``seed`` (the run seed) picks the training subset (unless ``data.subset_seed`` is set) and the
+    training captions; the test subset and test captions use fixed seeds so every run is
+    evaluated on the same test data.
+    """
+    if cfg.dataset == "synthetic_attr" and "synthetic_attr" not in DATASETS.names():
+        # Its module registers the builder on import, when it provides one.
+        with contextlib.suppress(ImportError):
+            importlib.import_module("debiascl.data.synthetic_attr")
+        if "synthetic_attr" not in DATASETS.names():
+            raise ConfigError(
+                "dataset=synthetic_attr is not available yet in this version; use fashion_mnist, "
+                "digits, manifest or image_folder"
+            )
+    train, test = DATASETS.build(cfg.dataset, cfg, seed)
+    train_seed = cfg.subset_seed if cfg.subset_seed is not None else seed
+    test_seed = cfg.subset_seed if cfg.subset_seed is not None else TEST_SEED
+    train = _subset(train, cfg.train_size, train_seed, "train")
+    if test is not None:
+        test = _subset(test, cfg.test_size, test_seed, "test")
+    elif cfg.test_size is not None:
+        raise ConfigError(f"data.test_size is set but dataset {cfg.dataset!r} has no test split")
+    if cfg.mode == "image_text":
+        train = _attach_captions(train, cfg, seed)
+        if test is not None:
+            test = _attach_captions(test, cfg, TEST_SEED)
+    return DataBundle(
+        train=train,
+        test=test,
+        info=train.info(),
+        class_names=train.class_names,
+        channels=cfg.channels,
+        image_size=cfg.image_size,
+        mode=cfg.mode,
+        attr_names=list(train.attr_names),
+        attr_vocab=dict(train.attr_vocab),
+    )
+
+
+# ------------------------------------------------------------------------- loaders
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(n)`` drawn from ``(seed, epoch)``: reproducible and resumable.
+
+    Call :meth:`set_epoch` before each epoch, like ``DistributedSampler``.
+    """
+
+    def __init__(self, num_rows: int, seed: int) -> None:
+        self.num_rows = int(num_rows)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_rows, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    num_workers: int = 0,
+    shard: bool = False,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` yielding the batch mapping.
+
+    Args:
+        batch_size: rows per batch *in this process* (the per-rank share of the global batch).
+        train: shuffle with a seeded, per-epoch permutation and drop the last incomplete batch
+            (every step must have the same per-rank batch size for the all-gather). Under
+            ``torch.distributed`` each rank reads its own ``DistributedSampler`` shard
+            (``drop_last=True``); call ``loader.sampler.set_epoch(epoch)`` every epoch.
+        seed: shuffling seed (the same on every rank).
+        num_workers: loader processes (``data.num_workers``).
+        shard: for evaluation (``train=False``), split the rows over ranks with a non-shuffling
+            ``DistributedSampler`` (which pads with repeats); by default every rank reads all.
+        pin_memory: default True when CUDA is available.
+
+    Rows whose image was skipped as unreadable are dropped by :func:`collate_skip_none`.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    sampler: Sampler[int]
+    if dist_utils.is_distributed() and (train or shard):
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=dist_utils.world_size(),
+            rank=dist_utils.rank(),
+            shuffle=train,
+            seed=seed,
+            drop_last=train,
+        )
+    elif train:
+        sampler = EpochShuffleSampler(len(dataset), seed)  # type: ignore[arg-type]
+    else:
+        sampler = SequentialSampler(dataset)  # type: ignore[arg-type]
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=num_workers,
+        collate_fn=collate_skip_none,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
