@@ -124,6 +124,17 @@ def test_probe_is_invariant_to_feature_scale_and_offset():
         np.testing.assert_allclose(a[key]["per_seed"], b[key]["per_seed"], atol=1e-9)
 
 
+def test_standardisation_uses_training_statistics_only():
+    # 1-D classes at -1 and +1; the test split is the same data shifted by +5. Statistics of the
+    # labelled training subset leave the shift in place (everything looks like class 1), while
+    # statistics taken from the test split would remove it and score ~100%.
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 400)
+    x = (2.0 * y - 1 + 0.2 * rng.standard_normal(400))[:, None]
+    acc = linear_probe(x, y, x + 5.0, y, fractions=(1.0,), C=1.0)["100%"]["mean"]
+    assert acc == pytest.approx(np.mean(y == 1))
+
+
 def test_C_choice_never_looks_at_the_test_split():
     xtr, ytr, xte, yte = separable(4, dim=40, n_train=300)
     xtr = xtr + 5 * np.random.default_rng(2).standard_normal(xtr.shape)
