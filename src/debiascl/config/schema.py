@@ -68,7 +68,7 @@ class ModelConfig(Section):
 
     encoder: str = Field("small_cnn", description="small_cnn | resnet18 | resnet50 | timm:<name>")
     small_image_stem: bool = True
-    width: int = Field(32, ge=4, description="channel width of small_cnn")
+    width: int = Field(16, ge=4, description="channel width of small_cnn")
     pretrained: bool = False
     proj_hidden_dim: int = Field(256, ge=1)
     embed_dim: int = Field(128, ge=1)
@@ -88,9 +88,6 @@ class LossConfig(Section):
     gamma: float = Field(0.9, gt=0, le=1)
     gamma_schedule: Literal["constant", "cosine"] = "constant"
     gamma_min: float = Field(0.2, gt=0, le=1)
-    table_placement: Literal["device", "cpu"] = Field(
-        "device", description="where SogCLR's u tables live (cpu for very large id spaces)"
-    )
     table_placement: Literal["device", "cpu"] = Field(
         "device", description="where SogCLR's u tables live (cpu for very large id spaces)"
     )

@@ -62,9 +62,13 @@ class DetectionStats:
         s = dist_utils.all_reduce_sum(self._sums)
         out = {"removed_fraction": float(s[0] / s[1]) if s[1] > 0 else 0.0}
         if s[5] > 0:
-            precision = float(s[2] / s[3]) if s[3] > 0 else 0.0
+            precision = float(s[2] / s[3]) if s[3] > 0 else float("nan")
             recall = float(s[4] / s[5])
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+            f1 = (
+                2 * precision * recall / (precision + recall)
+                if precision + recall > 0
+                else float("nan")
+            )
             out.update(
                 precision=precision,
                 recall=recall,

@@ -1,0 +1,196 @@
+"""Frozen-feature evaluation of a trained model, and ``debiascl eval RUN_DIR``.
+
+Image-image runs: linear probe (label fractions, class-balanced, several label draws) and
+weighted kNN on backbone features. Image-text runs add zero-shot classification with a prompt
+ensemble and image-text retrieval R@1/5/10 on the test split. With ``references=True`` the same
+probes are run on the encoder at its random initialisation and on raw pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from debiascl.config import load_config
+from debiascl.data.augment import EvalTransform
+from debiascl.data.build import make_loader
+from debiascl.data.captions import prompt_templates
+from debiascl.errors import CheckpointError, DataError
+from debiascl.eval.features import FeatureSet, extract_features
+from debiascl.eval.knn import knn_eval
+from debiascl.eval.linear_probe import linear_probe, raw_pixel_probe
+from debiascl.eval.report import format_table
+from debiascl.eval.retrieval import retrieval_eval
+from debiascl.eval.zero_shot import class_embeddings, zero_shot_eval
+from debiascl.models import build_model
+from debiascl.train import checkpoint as ckpt
+from debiascl.train.atomic import atomic_write_text
+from debiascl.train.setup import seed_everything
+
+if TYPE_CHECKING:
+    from debiascl.train.trainer import Trainer
+
+EVAL_BATCH = 512
+
+
+def _features(
+    trainer: Trainer, model: nn.Module, encode: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    split: str,
+) -> FeatureSet:
+    dataset = trainer.data.train if split == "train" else trainer.data.test
+    if dataset is None:
+        raise DataError(f"dataset {trainer.cfg.data.dataset!r} has no {split} split to evaluate on")
+    transform = EvalTransform(trainer.data.image_size, trainer.data.channels).to(trainer.device)
+    loader = make_loader(dataset, EVAL_BATCH, train=False, seed=0)
+
+    def run(batch: dict[str, Any]) -> torch.Tensor:
+        return encode(model, transform(batch["image"].to(trainer.device)))
+
+    return extract_features(run, loader, trainer.device, desc=f"features ({split})")
+
+
+def _probe_results(trainer: Trainer, train: FeatureSet, test: FeatureSet) -> dict[str, Any]:
+    cfg = trainer.cfg.eval
+    out: dict[str, Any] = {}
+    if train.labels is None or test.labels is None or bool((train.labels < 0).any()):
+        return out
+    out["linear_probe"] = linear_probe(
+        train.features, train.labels, test.features, test.labels,
+        fractions=cfg.linear_probe_fractions, seeds=cfg.probe_seeds,
+    )
+    out["knn"] = knn_eval(
+        train.features, train.labels, test.features, test.labels,
+        k=min(cfg.knn_k, len(train)), temperature=cfg.knn_temperature,
+    )
+    return out
+
+
+def _backbone(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.features(x)
+
+
+@torch.no_grad()
+def evaluate_model(trainer: Trainer, references: bool = False) -> dict[str, Any]:
+    """All evaluations that apply to the trainer's mode and data (see module docstring)."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    try:
+        train_fs = _features(trainer, model, _backbone, "train")
+        test_fs = _features(trainer, model, _backbone, "test")
+        results = _probe_results(trainer, train_fs, test_fs)
+        if trainer.cfg.data.mode == "image_text":
+            results.update(_image_text_results(trainer, model))
+        if references:
+            results["references"] = _references(trainer)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _image_text_results(trainer: Trainer, model: nn.Module) -> dict[str, Any]:
+    cfg = trainer.cfg.eval
+    out: dict[str, Any] = {}
+    image = _features(trainer, model, lambda m, x: m.encode_image(x), "test")
+    names = trainer.data.class_names
+    if cfg.zero_shot and names and image.labels is not None:
+        class_emb = class_embeddings(lambda texts: model.encode_text(texts), names,
+                                     prompt_templates())
+        out["zero_shot"] = zero_shot_eval(
+            image.features, image.labels, class_emb, float(model.logit_scale), names
+        )
+    if cfg.retrieval and image.texts:
+        text_emb = torch.cat([
+            model.encode_text(image.texts[i : i + EVAL_BATCH]).float().cpu()
+            for i in range(0, len(image.texts), EVAL_BATCH)
+        ])
+        out["retrieval"] = retrieval_eval(image.features, text_emb)
+    return out
+
+
+def _references(trainer: Trainer) -> dict[str, Any]:
+    """Random-init encoder (same seed as training's init) and raw-pixel logistic regression."""
+    seed_everything(trainer.cfg.seed)
+    fresh = build_model(
+        trainer.cfg.model, trainer.cfg.data.mode, trainer.data.channels, trainer.info.texts
+    ).to(trainer.device).eval()
+    random_init = _probe_results(
+        trainer, _features(trainer, fresh, _backbone, "train"),
+        _features(trainer, fresh, _backbone, "test"),
+    )
+    out: dict[str, Any] = {"random_init": random_init}
+    train_px, test_px = _pixels(trainer, "train"), _pixels(trainer, "test")
+    if train_px[1] is not None and test_px[1] is not None:
+        out["raw_pixels"] = {
+            "linear_probe": raw_pixel_probe(
+                train_px[0], train_px[1], test_px[0], test_px[1],
+                fractions=trainer.cfg.eval.linear_probe_fractions,
+                seeds=trainer.cfg.eval.probe_seeds,
+            )
+        }
+    return out
+
+
+def _pixels(trainer: Trainer, split: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    transform = EvalTransform(trainer.data.image_size, trainer.data.channels)
+    fs = _features(trainer, nn.Identity(), lambda m, x: x.flatten(1), split)
+    del transform
+    return fs.features, fs.labels
+
+
+SUMMARY_COLUMNS = {
+    "linear_probe/100%": "LP 100%",
+    "linear_probe/10%": "LP 10%",
+    "linear_probe/1%": "LP 1%",
+    "knn/accuracy": "kNN",
+    "zero_shot/accuracy": "zero-shot",
+    "zero_shot/auc_macro": "ZS AUC",
+    "retrieval/image_to_text/R@1": "I2T R@1",
+    "retrieval/text_to_image/R@1": "T2I R@1",
+    "fn_detection/precision": "FN prec",
+    "fn_detection/recall": "FN rec",
+}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Results table (accuracies in %) with the trained model and any references as rows."""
+    rows: dict[str, Any] = {"trained": summary}
+    for name, res in summary.get("references", {}).items():
+        rows[f"reference: {name}"] = res
+    present = {k: v for k, v in SUMMARY_COLUMNS.items()
+               if any(_has(r, k) for r in rows.values())}
+    return format_table(rows, present, row_header="model")
+
+
+def _has(tree: Any, path: str) -> bool:
+    for part in path.split("/"):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def evaluate_run_dir(
+    run_dir: Path, checkpoint: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Re-evaluate a run directory's newest (or given) checkpoint; writes ``eval.json``."""
+    from debiascl.train.trainer import Trainer
+
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(str(config_path), [*(overrides or []), "checkpoint.resume=null"])
+    trainer = Trainer(cfg, run_dir=run_dir)
+    path = ckpt.resolve_resume(checkpoint or "latest", run_dir)
+    state = ckpt.load_checkpoint(path, trainer.fingerprint)
+    trainer.model.load_state_dict(state["model"])
+    results = evaluate_model(trainer, references=cfg.eval.references)
+    results["checkpoint"] = str(path)
+    import json
+
+    atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2, default=str) + "\n")
+    return results
