@@ -82,7 +82,7 @@ class SampleDataset(Dataset):
         if ids is None:
             self.ids = torch.arange(n, dtype=torch.int64)
         else:
-            self.ids = torch.as_tensor(np.asarray(ids)).reshape(-1)
+            self.ids = torch.as_tensor(np.array(ids)).reshape(-1)
             if self.ids.numel() != n:
                 raise DataError(f"got {self.ids.numel()} sample ids for {n} samples")
         validate_ids(self.ids, 2**62)  # distinct, integer, non-negative
@@ -94,7 +94,7 @@ class SampleDataset(Dataset):
         if labels is None:
             self.labels = torch.full((n,), -1, dtype=torch.int64)
         else:
-            lab = torch.as_tensor(np.asarray(labels)).reshape(-1)
+            lab = torch.as_tensor(np.array(labels)).reshape(-1)
             if lab.numel() != n:
                 raise DataError(f"got {lab.numel()} labels for {n} samples")
             if lab.is_floating_point():
@@ -114,7 +114,7 @@ class SampleDataset(Dataset):
         self.texts = texts
 
         if attrs is not None:
-            a = torch.as_tensor(np.asarray(attrs))
+            a = torch.as_tensor(np.array(attrs))
             if a.dim() == 1:
                 a = a.unsqueeze(1)
             if a.dim() != 2 or a.shape[0] != n:
