@@ -71,10 +71,10 @@ class SyntheticAttrData:
         """The split as a :class:`TensorImageDataset` (texts = captions, one attribute column)."""
         return TensorImageDataset(
             self.images,
-            labels=self.labels,
+            labels=self.labels.numpy(),
             texts=self.captions,
-            attrs=self.attrs[:, None],
-            ids=self.ids,
+            attrs=self.attrs[:, None].numpy(),
+            ids=self.ids.numpy(),
             num_samples=int(self.ids.max()) + 1,
             attr_names=[self.attribute_name],
             attr_vocab={self.attribute_name: {v: i for i, v in enumerate(self.attribute_values)}},
