@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from debiascl.errors import ConfigError, DataError
-from debiascl.eval import recall_at_k, retrieval_eval, retrieval_ranks
+from debiascl.eval import caption_group_ids, recall_at_k, retrieval_eval, retrieval_ranks
 
 
 def brute_force_ranks(queries, candidates, qid, cid):
@@ -64,6 +64,27 @@ def test_group_ids_allow_several_correct_candidates():
     for k in (1, 5):
         assert out["image_to_text"][f"R@{k}"] == pytest.approx(np.mean(i2t < k))
         assert out["text_to_image"][f"R@{k}"] == pytest.approx(np.mean(t2i < k))
+
+
+def test_caption_groups_credit_every_image_with_the_query_caption():
+    captions = [
+        "a photo of a bag.",
+        "a photo of a shirt.",
+        "a photo of a bag.",
+        "a boot.",
+        "a boot.",
+    ]
+    ids = caption_group_ids(captions)
+    assert ids.tolist() == [0, 1, 0, 2, 2]
+    rng = np.random.default_rng(4)
+    img = rng.standard_normal((5, 6))
+    text_of_group = rng.standard_normal((3, 6))
+    txt = text_of_group[ids.numpy()]  # identical captions have identical embeddings
+    img[2] = txt[2] * 10 + 0.01 * img[2]  # image 2 sits on its caption, image 0 does not
+    strict = retrieval_ranks(txt, img)
+    grouped = retrieval_ranks(txt, img, ids, ids)
+    np.testing.assert_array_equal(grouped, brute_force_ranks(txt, img, ids.numpy(), ids.numpy()))
+    assert grouped[0] == 0 and strict[0] > 0, "text 0 finds image 2, which shares its caption"
 
 
 def test_recall_at_k_counts_ranks_below_k():

@@ -20,7 +20,12 @@ from debiascl.eval.linear_probe import (
     select_C,
 )
 from debiascl.eval.report import MAIN_COLUMNS, flatten_results, format_table
-from debiascl.eval.retrieval import recall_at_k, retrieval_eval, retrieval_ranks
+from debiascl.eval.retrieval import (
+    caption_group_ids,
+    recall_at_k,
+    retrieval_eval,
+    retrieval_ranks,
+)
 from debiascl.eval.zero_shot import (
     DEFAULT_TEMPLATES,
     class_embeddings,
@@ -34,6 +39,7 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "MAIN_COLUMNS",
     "FeatureSet",
+    "caption_group_ids",
     "class_balanced_subset",
     "class_embeddings",
     "extract_features",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,7 +37,6 @@ class FeatureSet:
     ids: torch.Tensor
     texts: list[str] | None = None
     attrs: torch.Tensor | dict[str, torch.Tensor] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
@@ -58,7 +57,6 @@ class FeatureSet:
             ids=self.ids[rows],
             texts=None if self.texts is None else [self.texts[int(i)] for i in rows],
             attrs=attrs,
-            extra=dict(self.extra),
         )
 
     def unique_by_id(self) -> FeatureSet:

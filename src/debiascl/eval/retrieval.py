@@ -82,6 +82,18 @@ def retrieval_ranks(
     return ranks
 
 
+def caption_group_ids(texts: Sequence[str]) -> torch.Tensor:
+    """(N,) int64 id per distinct string, in order of first appearance.
+
+    Pass as both ``image_ids`` and ``text_ids`` to :func:`retrieval_eval` when captions repeat
+    (template captions, "No acute cardiopulmonary process"): every image whose caption is the
+    query text then counts as a correct text->image hit, instead of only the one it was paired
+    with.
+    """
+    groups: dict[str, int] = {}
+    return torch.tensor([groups.setdefault(t, len(groups)) for t in texts], dtype=torch.long)
+
+
 def recall_at_k(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """``{"R@k": fraction of ranks < k}`` for each k."""
     for k in ks:
