@@ -20,6 +20,7 @@ from debiascl.data.builtin import (
     load_digits_split,
     load_fashion_mnist,
 )
+from debiascl.data.captions import prompt_templates
 from debiascl.data.datasets import TensorImageDataset
 from debiascl.errors import ConfigError, DataError
 
@@ -154,6 +155,13 @@ def test_build_image_text_attaches_captions() -> None:
         DIGITS_CLASSES[int(y)] in t
         for y, t in zip(bundle.test.labels, bundle.test.texts, strict=True)
     )
+
+
+def test_prompt_names_reproduce_training_captions() -> None:
+    bundle = build_data(DataConfig(mode="image_text", train_size=400), seed=2)
+    assert bundle.prompt_names[9] == "an ankle boot" and bundle.prompt_names[7] == "a sneaker"
+    prompts = {t.format(name) for name in bundle.prompt_names for t in prompt_templates()}
+    assert set(bundle.info.texts) == prompts
 
 
 def test_synthetic_attr_not_available_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

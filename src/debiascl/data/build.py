@@ -27,7 +27,7 @@ from debiascl.data.builtin import (
     load_digits_split,
     load_fashion_mnist,
 )
-from debiascl.data.captions import make_captions
+from debiascl.data.captions import make_captions, with_article
 from debiascl.data.datasets import SampleDataset, TensorImageDataset
 from debiascl.data.image_folder import ImageFolderDataset
 from debiascl.data.images import collate_skip_none
@@ -67,6 +67,17 @@ class DataBundle:
     mode: str = "image_image"
     attr_names: list[str] = field(default_factory=list)
     attr_vocab: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def prompt_names(self) -> list[str] | None:
+        """Class names as the captions word them (``"an ankle boot"``), for zero-shot prompts.
+
+        ``template.format(name)`` over :func:`debiascl.data.captions.prompt_templates` then
+        reproduces the default-style training captions exactly.
+        """
+        if self.class_names is None:
+            return None
+        return [with_article(n) for n in _caption_names(self.class_names)]
 
 
 def stratified_subset(labels: torch.Tensor | np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -172,6 +183,11 @@ def _subset(ds: SampleDataset, size: int | None, seed: int, what: str) -> Sample
     return ds.select(stratified_subset(ds.labels, size, seed))
 
 
+def _caption_names(class_names: list[str]) -> list[str]:
+    """Folder-style names (``ankle_boot``) as words (``ankle boot``)."""
+    return [n.replace("_", " ") for n in class_names]
+
+
 def _attach_captions(ds: SampleDataset, cfg: DataConfig, seed: int) -> SampleDataset:
     if ds.texts is not None:
         return ds
@@ -181,9 +197,14 @@ def _attach_captions(ds: SampleDataset, cfg: DataConfig, seed: int) -> SampleDat
             "has no text column and not every sample has a named class; set data.text_column "
             "or label every sample"
         )
-    names = [n.replace("_", " ") for n in ds.class_names]
     return ds.with_texts(
-        make_captions(names, ds.labels.numpy(), ds.ids.numpy(), cfg.caption_templates, seed)
+        make_captions(
+            _caption_names(ds.class_names),
+            ds.labels.numpy(),
+            ds.ids.numpy(),
+            cfg.caption_templates,
+            seed,
+        )
     )
 
 

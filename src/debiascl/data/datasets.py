@@ -24,6 +24,13 @@ from debiascl.data.info import DatasetInfo
 from debiascl.errors import DataError
 
 
+def _to_tensor(values: object) -> torch.Tensor:
+    """A tensor copy of a tensor, array or sequence (never aliasing the caller's memory)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().clone()
+    return torch.as_tensor(np.array(values))
+
+
 def validate_ids(ids: torch.Tensor, num_samples: int) -> None:
     """Raise :class:`DataError` unless ``ids`` (n,) are distinct integers in [0, num_samples)."""
     if ids.dim() != 1:
@@ -82,7 +89,7 @@ class SampleDataset(Dataset):
         if ids is None:
             self.ids = torch.arange(n, dtype=torch.int64)
         else:
-            self.ids = torch.as_tensor(np.array(ids)).reshape(-1)
+            self.ids = _to_tensor(ids).reshape(-1)
             if self.ids.numel() != n:
                 raise DataError(f"got {self.ids.numel()} sample ids for {n} samples")
         validate_ids(self.ids, 2**62)  # distinct, integer, non-negative
@@ -94,7 +101,7 @@ class SampleDataset(Dataset):
         if labels is None:
             self.labels = torch.full((n,), -1, dtype=torch.int64)
         else:
-            lab = torch.as_tensor(np.array(labels)).reshape(-1)
+            lab = _to_tensor(labels).reshape(-1)
             if lab.numel() != n:
                 raise DataError(f"got {lab.numel()} labels for {n} samples")
             if lab.is_floating_point():
@@ -114,7 +121,7 @@ class SampleDataset(Dataset):
         self.texts = texts
 
         if attrs is not None:
-            a = torch.as_tensor(np.array(attrs))
+            a = _to_tensor(attrs)
             if a.dim() == 1:
                 a = a.unsqueeze(1)
             if a.dim() != 2 or a.shape[0] != n:
