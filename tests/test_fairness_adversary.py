@@ -206,3 +206,44 @@ def test_build_from_config():
     assert build_adversary(FairnessConfig(), 16, {}) is None
     with pytest.raises(ConfigError, match="not attribute columns"):
         build_adversary(FairnessConfig(enabled=True, attributes=["age"]), 16, {"sex": 2})
+
+
+def test_trainer_adapter_maps_batches_and_orders_steps():
+    from debiascl.config.schema import RunConfig
+    from debiascl.fairness.integration import build_adversary as build_for_trainer
+    from debiascl.objectives.context import StepContext
+
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"mode": "image_image", "attribute_columns": ["site", "sex"]},
+            "model": {"embed_dim": 8},
+            "fairness": {
+                "enabled": True,
+                "attributes": ["sex"],
+                "method": "alternating",
+                "disc_steps": 3,
+                "lr": 0.01,
+            },
+        }
+    )
+    adv = build_for_trainer(cfg, torch.nn.Identity(), "cpu")
+    a = torch.randn(6, 8, requires_grad=True)
+    b = torch.randn(6, 8, requires_grad=True)
+    attrs = torch.tensor([[0, 1], [1, 0], [0, -1], [1, 1], [0, 0], [1, 1]])
+    before = [p.detach().clone() for p in adv.discriminator.parameters()]
+    term, logs = adv.training_term(a, b, {"attrs": attrs}, StepContext(epoch=0))
+    # 3 discriminator steps already happened; the term reaches both views only, not D
+    assert adv.core.optimizer.state[next(adv.discriminator.parameters())]["step"] == 3
+    after = list(adv.discriminator.parameters())
+    assert any(not torch.equal(x, y) for x, y in zip(before, after, strict=True))
+    term.backward()
+    assert all(p.grad is None for p in adv.discriminator.parameters())
+    assert a.grad[2].abs().sum() == 0 and a.grad[0].abs().sum() > 0  # row 2: sex missing
+    assert b.grad[0].abs().sum() > 0
+    assert logs["adv/sex/labelled"] == 10  # 5 labelled rows x 2 views
+    epoch = adv.epoch_logs()
+    assert epoch["adv/sex/labelled_epoch"] == 10 and adv.epoch_logs() == {}
+    with pytest.raises(DataError, match="attributes in the batch"):
+        adv.training_term(a, b, {}, StepContext())
+    state = adv.state_dict()
+    assert any(k.endswith("_extra_state") for k in state)

@@ -167,3 +167,32 @@ def load_synthetic_attr(
         correlation=correlation,
         style=style,
     )
+
+
+# ----------------------------------------------------------------------------- data.build hook
+def _register() -> None:
+    """Register ``dataset=synthetic_attr`` in :data:`debiascl.data.build.DATASETS`.
+
+    Reads ``data.synthetic_correlation`` (default 0.9), ``data.synthetic_test_correlation``
+    (default 0.5: attribute independent of the class at test time, so group gaps measure the
+    model, not base rates) and ``data.synthetic_style`` (default ``"border"``) when the data
+    config has them.
+    """
+    from debiascl.data.build import DATASETS
+
+    if "synthetic_attr" in DATASETS.names():
+        return
+
+    @DATASETS.register("synthetic_attr")
+    def _build(cfg: object, seed: int) -> tuple[TensorImageDataset, TensorImageDataset]:
+        corr = float(getattr(cfg, "synthetic_correlation", 0.9))
+        test_corr = float(getattr(cfg, "synthetic_test_correlation", 0.5))
+        style = getattr(cfg, "synthetic_style", "border")
+        root = getattr(cfg, "root", None)
+        # the attribute draw is fixed (seed 0) so every run sees the same synthetic data
+        train = load_synthetic_attr("train", corr, style, seed=0, root=root)
+        test = load_synthetic_attr("test", test_corr, style, seed=0, root=root)
+        return train.dataset(), test.dataset()
+
+
+_register()

@@ -219,6 +219,14 @@ class AdversarialFairness(nn.Module):
             self.discriminator.parameters(), lr=lr, weight_decay=weight_decay
         )
 
+    # ------------------------------------------------------------------ checkpoints
+    def get_extra_state(self) -> dict:
+        """The discriminator optimiser's state travels in ``state_dict`` (checkpoints)."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
     # ------------------------------------------------------------------ helpers
     def current_weight(self, epoch: float) -> float:
         return adversarial_weight(

@@ -1,0 +1,159 @@
+"""Adapter between the trainer and :class:`~debiascl.fairness.adversary.AdversarialFairness`.
+
+The trainer (``debiascl.train.trainer``) calls::
+
+    adv = build_adversary(cfg, model, device, data)          # None unless fairness.enabled
+    term, logs = adv.training_term(a, b, batch, ctx)          # before backward
+    ...backward, encoder optimiser step...
+    logs |= adv.after_encoder_step(a.detach(), b.detach(), batch, ctx)
+    record |= adv.epoch_logs()                                # once per epoch
+
+``a``/``b`` are the two embeddings of the contrastive step (image/text in ``image_text`` mode, two
+views in ``image_image`` mode). ``fairness.on`` picks what the adversary sees: ``image`` (``a``;
+both views in ``image_image`` mode) or ``text`` (``b``, ``image_text`` only). Attributes come from
+``batch["attrs"]`` ((b, n_attr) codes, -1 missing) by the column names of the data.
+
+Alternating: ``training_term`` first runs ``fairness.disc_steps`` discriminator steps on the
+detached embeddings (own Adam, ``fairness.lr``), then returns the encoder term, so the order is
+"k discriminator steps, then one encoder step". Reversal: the returned term also trains the
+discriminator; by default the trainer's optimiser steps it (the trainer puts ``discriminator`` in
+its parameter list, so it shares ``optim.lr``); with ``own_reversal_step=True`` the trainer
+leaves it out and :meth:`after_encoder_step` applies the discriminator's own optimiser. Under DDP
+the discriminator's gradients are averaged over ranks in both cases.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from debiascl import distributed
+from debiascl.config.schema import RunConfig
+from debiascl.errors import ConfigError, DataError
+from debiascl.fairness.adversary import AdversarialFairness
+from debiascl.fairness.adversary import build_adversary as _build_core
+
+
+class TrainerAdversary(nn.Module):
+    """Owns an :class:`AdversarialFairness` and maps trainer batches onto it."""
+
+    def __init__(
+        self,
+        core: AdversarialFairness,
+        columns: Sequence[int],
+        on: str,
+        mode: str,
+        own_reversal_step: bool = False,
+    ) -> None:
+        super().__init__()
+        self.core = core
+        self.columns = list(columns)
+        self.on = on
+        self.mode = mode
+        self.own_reversal_step = own_reversal_step
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+        if core.method == "reversal" and not own_reversal_step and distributed.is_distributed():
+            # the discriminator is outside DDP: average its gradients here, in backward order
+            # (identical on every rank, since every rank runs the same discriminator graph)
+            for p in core.discriminator.parameters():
+                p.register_hook(lambda g: distributed.all_reduce_mean(g))
+
+    @property
+    def discriminator(self) -> nn.Module:
+        return self.core.discriminator
+
+    def _inputs(
+        self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        attrs = batch.get("attrs")
+        if attrs is None:
+            raise DataError(
+                "fairness.enabled needs sensitive attributes in the batch; set "
+                "data.attribute_columns (or use dataset=synthetic_attr)"
+            )
+        attrs = torch.as_tensor(attrs)
+        if attrs.ndim == 1:
+            attrs = attrs[:, None]
+        attrs = attrs[:, self.columns].to(a.device)
+        if self.on == "text":
+            return b, attrs
+        if self.mode == "image_image":  # both views carry the same attributes
+            return torch.cat([a, b]), torch.cat([attrs, attrs])
+        return a, attrs
+
+    def _record(self, logs: Mapping[str, float]) -> None:
+        for k, v in logs.items():
+            self._sums[k] += float(v)
+            self._counts[k] += 1
+
+    def training_term(
+        self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any], ctx: Any
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        z, attrs = self._inputs(a, b, batch)
+        epoch = float(ctx.epoch) if getattr(ctx, "training", True) else 0.0
+        logs: dict[str, float] = {}
+        if self.core.method == "alternating":
+            for _ in range(self.core.disc_steps):
+                logs.update(self.core.discriminator_step(z.detach().float(), attrs))
+        term, tlogs = self.core.encoder_term(z, attrs, epoch)
+        logs.update(tlogs)
+        self._record(logs)
+        return term, logs
+
+    def after_encoder_step(
+        self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any], ctx: Any
+    ) -> dict[str, float]:
+        if self.core.method == "reversal" and self.own_reversal_step:
+            self.core.step()
+        return {}
+
+    def epoch_logs(self) -> dict[str, float]:
+        """Means over the epoch's steps of the adversary logs; resets the accumulators."""
+        out = {f"{k}_epoch": self._sums[k] / self._counts[k] for k in self._sums}
+        self._sums.clear()
+        self._counts.clear()
+        return out
+
+
+def build_adversary(
+    cfg: RunConfig,
+    model: nn.Module,
+    device: torch.device | str,
+    data: Any | None = None,
+    own_reversal_step: bool = False,
+) -> TrainerAdversary | None:
+    """The trainer's adversary for ``cfg`` (None unless ``cfg.fairness.enabled``).
+
+    ``data`` (a :class:`debiascl.data.build.DataBundle`) gives the attribute column names and
+    vocabularies; without it, the columns are ``cfg.data.attribute_columns`` and every attribute
+    is taken as binary.
+    """
+    fc = cfg.fairness
+    if not fc.enabled:
+        return None
+    if fc.on == "feature":
+        raise ConfigError(
+            "fairness.on=feature (pre-projection features) needs a model hook that is not "
+            "available yet; use fairness.on=image or text"
+        )
+    if fc.on == "text" and cfg.data.mode != "image_text":
+        raise ConfigError("fairness.on=text needs data.mode=image_text")
+    names = list(getattr(data, "attr_names", None) or cfg.data.attribute_columns)
+    classes: dict[str, int] = {}
+    for j, name in enumerate(names):
+        vocab = (getattr(data, "attr_vocab", None) or {}).get(name)
+        if vocab:
+            classes[name] = len(vocab)
+        elif data is not None and getattr(data.train, "attrs", None) is not None:
+            classes[name] = max(2, int(data.train.attrs[:, j].max()) + 1)
+        else:
+            classes[name] = 2
+    core = _build_core(fc, cfg.model.embed_dim, classes)
+    assert core is not None
+    columns = [names.index(a) for a in fc.attributes]
+    return TrainerAdversary(core, columns, fc.on, cfg.data.mode, own_reversal_step).to(device)
