@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -29,17 +28,12 @@ def _objective(mode, table):
     return ContrastiveObjective(mode, DebiasedLoss(table, beta=0.5), num_samples=20)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, out_dir: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+    # A FileStore in tmp_path: no TCP port to race for with other tests on the machine.
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+        "gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=WORLD
     )
     try:
         z1, z2, ids, table = _data()
@@ -59,7 +53,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.distributed
 def test_two_ranks_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
     z1, z2, ids, table = _data()
     for mode, negatives in (("image_image", 2 * B - 2), ("image_text", B - 1)):
         a = z1.clone().requires_grad_(True)
