@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
-        "train", help="train a model from a YAML config",
+        "train",
+        help="train a model from a YAML config",
         description="Train from a YAML config (a path or a built-in name, see `debiascl "
         "configs`), with dotted overrides such as train.epochs=5 loss.temperature=0.5.",
     )
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser(
-        "eval", help="re-evaluate a trained run",
+        "eval",
+        help="re-evaluate a trained run",
         description="Evaluate the newest (or a given) checkpoint of a run directory.",
     )
     ev.add_argument("run_dir", help="run directory written by `debiascl train`")
@@ -94,15 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_eval)
 
     demo = sub.add_parser(
-        "demo", help="the main job: train on built-in Fashion-MNIST and print a results table",
+        "demo",
+        help="the main job: train on built-in Fashion-MNIST and print a results table",
         description="Train SimCLR on Fashion-MNIST (CPU-sized) with and without false-negative "
         "handling and print linear-probe and kNN accuracy next to random-init and raw-pixel "
         "references computed in the same run.",
     )
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--quick", action="store_true", help="a one-minute smoke version")
-    demo.add_argument("--methods", nargs="*", default=None,
-                      help="subset of methods to run (default: all)")
+    demo.add_argument(
+        "--methods", nargs="*", default=None, help="subset of methods to run (default: all)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     cfgs = sub.add_parser("configs", help="list the built-in configs")
@@ -114,7 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options (`train cfg --run-dir d a.b=1`); argparse leaves those over.
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except DebiasclError as err:

@@ -19,15 +19,22 @@ from debiascl.train.atomic import atomic_write_text
 # (label, detector name, overrides). Methods whose detector is not registered are left out.
 DEMO_METHODS: list[tuple[str, str, list[str]]] = [
     ("SimCLR (no filtering)", "none", []),
-    ("FNC (batch quantile)", "fnc",
-     ["negatives.alpha=0.05", "negatives.start_epoch=5"]),
-    ("GloFND", "glofnd",
-     ["negatives.alpha=0.05", "negatives.start_epoch=5", "negatives.update_start_epoch=3"]),
+    ("FNC (batch quantile)", "fnc", ["negatives.alpha=0.05", "negatives.start_epoch=5"]),
+    (
+        "GloFND",
+        "glofnd",
+        ["negatives.alpha=0.05", "negatives.start_epoch=5", "negatives.update_start_epoch=3"],
+    ),
     ("Oracle (labels)", "oracle", ["negatives.start_epoch=5"]),
 ]
 
-QUICK = ["train.epochs=2", "data.train_size=2048", "data.test_size=1000", "train.max_steps=12",
-         "eval.probe_seeds=1"]
+QUICK = [
+    "train.epochs=2",
+    "data.train_size=2048",
+    "data.test_size=1000",
+    "train.max_steps=12",
+    "eval.probe_seeds=1",
+]
 
 
 def _fmt(value: Any, pct: bool = True) -> str:
@@ -43,8 +50,9 @@ def _probe(summary: dict[str, Any], key: str) -> Any:
 
 def results_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """A Markdown table: one row per model, accuracy columns in percent."""
-    header = ("| model | LP 100% | LP 10% | LP 1% | kNN | FN precision | FN recall | removed |"
-              " train s |")
+    header = (
+        "| model | LP 100% | LP 10% | LP 1% | kNN | FN precision | FN recall | removed | train s |"
+    )
     lines = [header, "|---" * 9 + "|"]
     for label, s in rows:
         fn = s.get("fn_detection", {})
@@ -64,8 +72,7 @@ def run_demo(output_dir: Path, quick: bool = False, methods: list[str] | None = 
 
     output_dir.mkdir(parents=True, exist_ok=True)
     available = set(DETECTORS.names())
-    chosen = [m for m in DEMO_METHODS if m[1] in available
-              and (methods is None or m[1] in methods)]
+    chosen = [m for m in DEMO_METHODS if m[1] in available and (methods is None or m[1] in methods)]
     rows: list[tuple[str, dict[str, Any]]] = []
     references: dict[str, Any] = {}
     start = time.perf_counter()
@@ -80,8 +87,10 @@ def run_demo(output_dir: Path, quick: bool = False, methods: list[str] | None = 
         rows.append((label, summary))
     ref_rows = [(f"reference: {name}", s) for name, s in references.items()]
     table = results_table(ref_rows + rows)
-    note = (f"Fashion-MNIST, {'quick smoke run' if quick else 'CPU demo'}; seed 0; "
-            f"total {time.perf_counter() - start:.0f} s. Accuracies in %.")
+    note = (
+        f"Fashion-MNIST, {'quick smoke run' if quick else 'CPU demo'}; seed 0; "
+        f"total {time.perf_counter() - start:.0f} s. Accuracies in %."
+    )
     print("\n" + table + "\n\n" + note)
     atomic_write_text(output_dir / "results.md", table + "\n\n" + note + "\n")
     atomic_write_text(

@@ -96,8 +96,10 @@ def simclr_pairs(
     Under DDP the candidates are all-gathered with gradient; every rank must pass the same b.
     """
     _check_embeddings("z1", z1, ids)
-    check(z1.shape == z2.shape, f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
-          f"{tuple(z2.shape)}")
+    check(
+        z1.shape == z2.shape,
+        f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}",
+    )
     if normalize:
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     b = z1.shape[0]
@@ -142,8 +144,11 @@ def clip_pairs(
     Returns ``(image_to_text, text_to_image)``.
     """
     _check_embeddings("image", image, ids)
-    check(image.shape == text.shape, f"image and text embeddings must have the same shape, got "
-          f"{tuple(image.shape)} and {tuple(text.shape)}")
+    check(
+        image.shape == text.shape,
+        f"image and text embeddings must have the same shape, got "
+        f"{tuple(image.shape)} and {tuple(text.shape)}",
+    )
     if normalize:
         image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
     b = image.shape[0]

@@ -14,12 +14,18 @@ from debiascl.errors import check
 from debiascl.pairs import clip_pairs, simclr_pairs
 
 
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; half precisions become float32 (exp overflows fp16 at low t)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def masked_info_nce(
     pos_logits: torch.Tensor, logits: torch.Tensor, neg_mask: torch.Tensor
 ) -> torch.Tensor:
     """Per-anchor InfoNCE with a mask over negatives.
 
-    loss_i = -p_i + log( e^{p_i} + sum_{j: mask_ij} e^{l_ij} ), computed with log-sum-exp in fp32.
+    loss_i = -p_i + log( e^{p_i} + sum_{j: mask_ij} e^{l_ij} ), computed with log-sum-exp in
+    float32 or better (float64 inputs stay float64).
 
     Args:
         pos_logits: (A,) positive logits (similarity / temperature).
@@ -29,8 +35,9 @@ def masked_info_nce(
     Returns:
         (A,) per-anchor loss.
     """
-    pos = pos_logits.float()
-    masked = logits.float().masked_fill(~neg_mask, float("-inf"))
+    dtype = at_least_float32(logits.dtype)
+    pos = pos_logits.to(dtype)
+    masked = logits.to(dtype).masked_fill(~neg_mask, float("-inf"))
     denom = torch.logsumexp(torch.cat([pos[:, None], masked], dim=1), dim=1)
     return denom - pos
 

@@ -29,6 +29,11 @@ def build_model(
         text = BagOfWordsTextEncoder(corpus or [], dim=cfg.proj_hidden_dim)
     text_head = projection_head(text.feature_dim, cfg.proj_hidden_dim, cfg.embed_dim)
     return TwoTowerModel(
-        encoder, head, text, text_head,
-        cfg.logit_scale_init, cfg.learn_logit_scale, cfg.max_logit_scale,
+        encoder,
+        head,
+        text,
+        text_head,
+        cfg.logit_scale_init,
+        cfg.learn_logit_scale,
+        cfg.max_logit_scale,
     )

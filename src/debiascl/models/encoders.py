@@ -38,7 +38,9 @@ class SmallCNN(nn.Module):
         return self.body(x).mean(dim=(2, 3))
 
 
-def _torchvision_resnet(name: str, in_channels: int, small_stem: bool, pretrained: bool) -> nn.Module:
+def _torchvision_resnet(
+    name: str, in_channels: int, small_stem: bool, pretrained: bool
+) -> nn.Module:
     weights = "DEFAULT" if pretrained else None
     net = getattr(torchvision.models, name)(weights=weights)
     if small_stem:
@@ -58,7 +60,9 @@ class _TimmEncoder(nn.Module):
         try:
             import timm
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ConfigError("encoder 'timm:...' needs timm: pip install 'debiascl[timm]'") from err
+            raise ConfigError(
+                "encoder 'timm:...' needs timm: pip install 'debiascl[timm]'"
+            ) from err
         try:
             self.net = timm.create_model(
                 name, pretrained=pretrained, num_classes=0, in_chans=in_channels

@@ -50,7 +50,10 @@ class MiniLMTextEncoder(nn.Module):
 
     def _encode(self, texts: Sequence[str], device: torch.device) -> torch.Tensor:
         tokens = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length,
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
             return_tensors="pt",
         ).to(device)
         hidden = self.model(**tokens).last_hidden_state

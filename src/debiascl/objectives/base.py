@@ -38,7 +38,7 @@ class LossTerms:
 class PairLoss(nn.Module):
     """Base class: per-anchor loss of one direction of a contrastive batch."""
 
-    def forward(  # noqa: D102 - documented in subclasses
+    def forward(
         self,
         batch: PairwiseBatch,
         keep: torch.Tensor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from debiascl.losses.infonce import masked_info_nce
+from debiascl.losses.infonce import at_least_float32, masked_info_nce
 from debiascl.objectives.base import LossTerms, PairLoss
 from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
@@ -20,7 +20,7 @@ class InfoNCELoss(PairLoss):
         logit_scale: torch.Tensor,
         ctx: StepContext,
     ) -> LossTerms:
-        logits = batch.sim.float() * logit_scale
+        logits = batch.sim.to(at_least_float32(batch.sim.dtype)) * logit_scale
         pos = logits.gather(1, batch.pos_index[:, None])[:, 0]
         loss = masked_info_nce(pos, logits, batch.neg_mask & keep)
         return LossTerms(loss=loss, objective=loss.detach())

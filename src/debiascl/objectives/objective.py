@@ -147,7 +147,9 @@ class ContrastiveObjective(nn.Module):
             if ctx.training:
                 self.stats.update(batch, keep)
             terms = self.loss_fn(batch, keep, scale, ctx)
-            total = total + weight * terms.loss.sum() * dist_utils.world_size() / batch.global_anchors
+            total = (
+                total + weight * terms.loss.sum() * dist_utils.world_size() / batch.global_anchors
+            )
             value = value + weight * terms.objective.double().sum() / batch.global_anchors
             for key, val in terms.logs.items():
                 logs[f"{batch.name}/{key}" if len(batches) > 1 else key] = val

@@ -38,7 +38,9 @@ EVAL_BATCH = 512
 
 
 def _features(
-    trainer: Trainer, model: nn.Module, encode: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    trainer: Trainer,
+    model: nn.Module,
+    encode: Callable[[nn.Module, torch.Tensor], torch.Tensor],
     split: str,
 ) -> FeatureSet:
     dataset = trainer.data.train if split == "train" else trainer.data.test
@@ -59,12 +61,20 @@ def _probe_results(trainer: Trainer, train: FeatureSet, test: FeatureSet) -> dic
     if train.labels is None or test.labels is None or bool((train.labels < 0).any()):
         return out
     out["linear_probe"] = linear_probe(
-        train.features, train.labels, test.features, test.labels,
-        fractions=cfg.linear_probe_fractions, seeds=cfg.probe_seeds,
+        train.features,
+        train.labels,
+        test.features,
+        test.labels,
+        fractions=cfg.linear_probe_fractions,
+        seeds=cfg.probe_seeds,
     )
     out["knn"] = knn_eval(
-        train.features, train.labels, test.features, test.labels,
-        k=min(cfg.knn_k, len(train)), temperature=cfg.knn_temperature,
+        train.features,
+        train.labels,
+        test.features,
+        test.labels,
+        k=min(cfg.knn_k, len(train)),
+        temperature=cfg.knn_temperature,
     )
     return out
 
@@ -98,16 +108,21 @@ def _image_text_results(trainer: Trainer, model: nn.Module) -> dict[str, Any]:
     image = _features(trainer, model, lambda m, x: m.encode_image(x), "test")
     names = trainer.data.class_names
     if cfg.zero_shot and names and image.labels is not None:
-        class_emb = class_embeddings(lambda texts: model.encode_text(texts), names,
-                                     prompt_templates())
+        # prompt_names carry the article the captions use ("a sneaker", "an ankle boot").
+        prompt_names = getattr(trainer.data, "prompt_names", None) or names
+        class_emb = class_embeddings(
+            lambda texts: model.encode_text(texts), prompt_names, prompt_templates()
+        )
         out["zero_shot"] = zero_shot_eval(
             image.features, image.labels, class_emb, float(model.logit_scale), names
         )
     if cfg.retrieval and image.texts:
-        text_emb = torch.cat([
-            model.encode_text(image.texts[i : i + EVAL_BATCH]).float().cpu()
-            for i in range(0, len(image.texts), EVAL_BATCH)
-        ])
+        text_emb = torch.cat(
+            [
+                model.encode_text(image.texts[i : i + EVAL_BATCH]).float().cpu()
+                for i in range(0, len(image.texts), EVAL_BATCH)
+            ]
+        )
         out["retrieval"] = retrieval_eval(image.features, text_emb)
     return out
 
@@ -115,11 +130,16 @@ def _image_text_results(trainer: Trainer, model: nn.Module) -> dict[str, Any]:
 def _references(trainer: Trainer) -> dict[str, Any]:
     """Random-init encoder (same seed as training's init) and raw-pixel logistic regression."""
     seed_everything(trainer.cfg.seed)
-    fresh = build_model(
-        trainer.cfg.model, trainer.cfg.data.mode, trainer.data.channels, trainer.info.texts
-    ).to(trainer.device).eval()
+    fresh = (
+        build_model(
+            trainer.cfg.model, trainer.cfg.data.mode, trainer.data.channels, trainer.info.texts
+        )
+        .to(trainer.device)
+        .eval()
+    )
     random_init = _probe_results(
-        trainer, _features(trainer, fresh, _backbone, "train"),
+        trainer,
+        _features(trainer, fresh, _backbone, "train"),
         _features(trainer, fresh, _backbone, "test"),
     )
     out: dict[str, Any] = {"random_init": random_init}
@@ -127,7 +147,10 @@ def _references(trainer: Trainer) -> dict[str, Any]:
     if train_px[1] is not None and test_px[1] is not None:
         out["raw_pixels"] = {
             "linear_probe": raw_pixel_probe(
-                train_px[0], train_px[1], test_px[0], test_px[1],
+                train_px[0],
+                train_px[1],
+                test_px[0],
+                test_px[1],
                 fractions=trainer.cfg.eval.linear_probe_fractions,
                 seeds=trainer.cfg.eval.probe_seeds,
             )
@@ -161,8 +184,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows: dict[str, Any] = {"trained": summary}
     for name, res in summary.get("references", {}).items():
         rows[f"reference: {name}"] = res
-    present = {k: v for k, v in SUMMARY_COLUMNS.items()
-               if any(_has(r, k) for r in rows.values())}
+    present = {k: v for k, v in SUMMARY_COLUMNS.items() if any(_has(r, k) for r in rows.values())}
     return format_table(rows, present, row_header="model")
 
 

@@ -42,8 +42,11 @@ class RunLogger:
             return
         with (self.run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(_clean(record)) + "\n")
-        self.scalars({k: v for k, v in record.items() if k not in ("epoch", "step")},
-                     record.get("step", 0), prefix="epoch/")
+        self.scalars(
+            {k: v for k, v in record.items() if k not in ("epoch", "step")},
+            record.get("step", 0),
+            prefix="epoch/",
+        )
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:

@@ -78,7 +78,10 @@ class Trainer:
         self.adversary = self._build_adversary()
         self.augment: nn.Module = build_augment(cfg.data).to(self.device)
         self.train_loader = make_loader(
-            self.data.train, self.local_batch, train=True, seed=cfg.seed,
+            self.data.train,
+            self.local_batch,
+            train=True,
+            seed=cfg.seed,
             num_workers=cfg.data.num_workers,
         )
         if len(self.train_loader) == 0:
@@ -96,10 +99,9 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        params = nn.ModuleList([self.model] + ([self.adversary.discriminator]
-                                               if self._adversary_in_main_optimizer() else []))
-        self.optimizer = build_optimizer(params, cfg.optim)
-        warmup = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+        # The discriminator keeps its own optimiser and learning rate (fairness.lr).
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = warmup_cosine(
             self.optimizer, warmup, self.total_steps, cfg.optim.min_lr_ratio
         )
@@ -116,17 +118,11 @@ class Trainer:
     def _build_adversary(self) -> Any:
         if not self.cfg.fairness.enabled:
             return None
-        try:
-            from debiascl.fairness.integration import build_adversary
-        except ImportError as err:
-            raise ConfigError(
-                "fairness.enabled=true: the adversarial fairness integration is not available "
-                f"in this version ({err})"
-            ) from None
-        return build_adversary(self.cfg, self.model, self.device)
+        from debiascl.fairness.integration import build_adversary
 
-    def _adversary_in_main_optimizer(self) -> bool:
-        return self.adversary is not None and self.cfg.fairness.method == "reversal"
+        return build_adversary(
+            self.cfg, self.model, self.device, self.data, own_reversal_step=True
+        )
 
     # ----------------------------------------------------------------- one step
     def _logit_scale(self) -> torch.Tensor | float:
@@ -149,7 +145,9 @@ class Trainer:
     def train_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
         ids = batch["index"].to(self.device)
         labels = batch.get("label")
-        labels = labels.to(self.device) if labels is not None and bool((labels >= 0).all()) else None
+        labels = (
+            labels.to(self.device) if labels is not None and bool((labels >= 0).all()) else None
+        )
         a, b = self._embed(batch)
         out = self.objective(a, b, ids, labels, self._logit_scale(), ctx)
         loss = out.loss
@@ -267,8 +265,9 @@ class Trainer:
                 and self.state.epoch % self.cfg.train.eval_every == 0
                 and self.state.epoch < epochs
             ):
-                self.logger.scalars(_flatten(self.evaluate(references=False)), self.state.step,
-                                    prefix="eval/")
+                self.logger.scalars(
+                    _flatten(self.evaluate(references=False)), self.state.step, prefix="eval/"
+                )
         summary: dict[str, Any] = {
             "name": self.cfg.name,
             "seed": self.cfg.seed,
@@ -278,8 +277,11 @@ class Trainer:
             "world_size": self.world,
             "versions": {"debiascl": __version__, "torch": torch.__version__},
         }
-        detection = {k.removeprefix("negatives/"): v for k, v in self.last_record.items()
-                     if k.startswith("negatives/")}
+        detection = {
+            k.removeprefix("negatives/"): v
+            for k, v in self.last_record.items()
+            if k.startswith("negatives/")
+        }
         if detection:
             summary["fn_detection"] = detection
         if evaluate:
@@ -295,17 +297,25 @@ class Trainer:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         totals: dict[str, float] = {}
-        count = 0
+        count = skipped = 0
         t0 = time.perf_counter()
         bar = tqdm(
-            self.train_loader, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
-            disable=not progress_enabled(), leave=False, unit="batch",
+            self.train_loader,
+            desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+            disable=not progress_enabled(),
+            leave=False,
+            unit="batch",
         )
         for batch in bar:
             if self.state.step >= self.total_steps:
                 break
+            if not self._batch_complete(batch):
+                skipped += 1
+                continue
             ctx = StepContext(
-                epoch=epoch, step=self.state.step, training=True,
+                epoch=epoch,
+                step=self.state.step,
+                training=True,
                 progress=self.state.step / max(1, self.total_steps),
             )
             logs = self.train_step(batch, ctx)
@@ -317,17 +327,35 @@ class Trainer:
                 assert self.logger is not None
                 self.logger.scalars(logs, self.state.step, prefix="train/")
             elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{logs['loss']:.3f}",
-                            img_s=f"{count * self.cfg.train.batch_size / elapsed:.0f}")
+            bar.set_postfix(
+                loss=f"{logs['loss']:.3f}",
+                img_s=f"{count * self.cfg.train.batch_size / elapsed:.0f}",
+            )
         seconds = time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step}
         record.update({k: v / max(1, count) for k, v in totals.items()})
         record["images_per_second"] = count * self.cfg.train.batch_size / max(seconds, 1e-9)
         record["epoch_seconds"] = seconds
+        if skipped:
+            record["skipped_batches"] = skipped
         record.update({f"negatives/{k}": v for k, v in self.objective.epoch_diagnostics().items()})
         if self.adversary is not None:
             record.update(self.adversary.epoch_logs())
         return record
+
+    def _batch_complete(self, batch: dict[str, Any] | None) -> bool:
+        """False when unreadable images were dropped from this batch on any rank.
+
+        With ``data.on_bad_image=skip`` a batch can shrink (or vanish); every rank must see the
+        same batch size for the all-gather, so such a step is skipped everywhere.
+        """
+        size = 0 if batch is None else int(batch["index"].shape[0])
+        ok = torch.tensor(float(size == self.local_batch), device=self.device)
+        if dist_utils.is_distributed():
+            import torch.distributed as dist
+
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item() > 0)
 
     def evaluate(self, references: bool = False) -> dict[str, Any]:
         """Frozen-feature evaluation of the current model (rank 0 computes, others wait)."""
