@@ -158,11 +158,13 @@ class ContrastiveObjective(nn.Module):
         return ObjectiveOutput(loss=total, value=value, logs=logs, keep_masks=masks)
 
     def epoch_diagnostics(self, reset: bool = True) -> dict[str, float]:
-        """Removal fraction and detection quality since the last reset (reduced over ranks)."""
+        """Removal fraction and detection quality since the last reset (reduced over ranks),
+        plus whatever the detector's and the loss's optional ``diagnostics()`` return."""
         out = self.stats.compute()
-        extra = getattr(self.detector, "diagnostics", None)
-        if callable(extra):
-            out.update(extra())
+        for part in (self.detector, self.loss_fn):
+            extra = getattr(part, "diagnostics", None)
+            if callable(extra):
+                out.update(extra())
         if reset:
             self.stats.reset()
         return out
