@@ -16,19 +16,21 @@ import torch
 from torch import nn
 
 from debiascl.config import load_config
+from debiascl.config.schema import EvalConfig
 from debiascl.data.augment import EvalTransform
 from debiascl.data.build import make_loader
 from debiascl.data.captions import prompt_templates
 from debiascl.errors import CheckpointError, DataError
 from debiascl.eval.features import FeatureSet, extract_features
 from debiascl.eval.knn import knn_eval
-from debiascl.eval.linear_probe import linear_probe, raw_pixel_probe
+from debiascl.eval.linear_probe import few_shot_probe, linear_probe, raw_pixel_probe
 from debiascl.eval.report import format_table
-from debiascl.eval.retrieval import retrieval_eval
+from debiascl.eval.retrieval import caption_group_ids, retrieval_eval
 from debiascl.eval.zero_shot import class_embeddings, zero_shot_eval
 from debiascl.models import build_model
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.atomic import atomic_write_text
+from debiascl.train.fairness_eval import fairness_results
 from debiascl.train.setup import seed_everything
 
 if TYPE_CHECKING:
@@ -55,6 +57,17 @@ def _features(
     return extract_features(run, loader, trainer.device, desc=f"features ({split})")
 
 
+def probe_options(cfg: EvalConfig) -> dict[str, Any]:
+    """Keyword arguments of the linear probes from ``eval.*`` (C chosen by CV on train only)."""
+    return {
+        "C": cfg.probe_C,
+        "Cs": cfg.probe_Cs,
+        "cv_folds": cfg.probe_cv_folds,
+        "cv_max_samples": cfg.probe_cv_max_samples,
+        "max_iter": cfg.probe_max_iter,
+    }
+
+
 def _probe_results(trainer: Trainer, train: FeatureSet, test: FeatureSet) -> dict[str, Any]:
     cfg = trainer.cfg.eval
     out: dict[str, Any] = {}
@@ -67,7 +80,18 @@ def _probe_results(trainer: Trainer, train: FeatureSet, test: FeatureSet) -> dic
         test.labels,
         fractions=cfg.linear_probe_fractions,
         seeds=cfg.probe_seeds,
+        **probe_options(cfg),
     )
+    if cfg.few_shot:
+        out["few_shot"] = few_shot_probe(
+            train.features,
+            train.labels,
+            test.features,
+            test.labels,
+            shots=cfg.few_shot,
+            seeds=cfg.few_shot_seeds,
+            **probe_options(cfg),
+        )
     out["knn"] = knn_eval(
         train.features,
         train.labels,
@@ -95,6 +119,8 @@ def evaluate_model(trainer: Trainer, references: bool = False) -> dict[str, Any]
         results = _probe_results(trainer, train_fs, test_fs)
         if trainer.cfg.data.mode == "image_text":
             results.update(_image_text_results(trainer, model))
+        # fairness audit (zero-shot, few-shot, leakage) when the data has sensitive attributes
+        results.update(fairness_results(trainer, model, train_fs, test_fs))
         if references:
             results["references"] = _references(trainer)
     finally:
@@ -110,8 +136,9 @@ def _image_text_results(trainer: Trainer, model: nn.Module) -> dict[str, Any]:
     if cfg.zero_shot and names and image.labels is not None:
         # prompt_names carry the article the captions use ("a sneaker", "an ankle boot").
         prompt_names = getattr(trainer.data, "prompt_names", None) or names
+        templates = cfg.zero_shot_templates or prompt_templates()
         class_emb = class_embeddings(
-            lambda texts: model.encode_text(texts), prompt_names, prompt_templates()
+            lambda texts: model.encode_text(texts), prompt_names, templates
         )
         out["zero_shot"] = zero_shot_eval(
             image.features, image.labels, class_emb, float(model.logit_scale), names
@@ -123,7 +150,13 @@ def _image_text_results(trainer: Trainer, model: nn.Module) -> dict[str, Any]:
                 for i in range(0, len(image.texts), EVAL_BATCH)
             ]
         )
-        out["retrieval"] = retrieval_eval(image.features, text_emb)
+        out["retrieval"] = retrieval_eval(image.features, text_emb, ks=cfg.retrieval_ks)
+        # Template captions repeat: also count every image with the query's caption as a hit.
+        groups = caption_group_ids(image.texts)
+        if groups.unique().numel() < len(groups):
+            out["retrieval_by_caption"] = retrieval_eval(
+                image.features, text_emb, ks=cfg.retrieval_ks, image_ids=groups, text_ids=groups
+            )
     return out
 
 
@@ -153,6 +186,7 @@ def _references(trainer: Trainer) -> dict[str, Any]:
                 test_px[1],
                 fractions=trainer.cfg.eval.linear_probe_fractions,
                 seeds=trainer.cfg.eval.probe_seeds,
+                **probe_options(trainer.cfg.eval),
             )
         }
     return out
@@ -174,6 +208,11 @@ SUMMARY_COLUMNS = {
     "zero_shot/auc_macro": "ZS AUC",
     "retrieval/image_to_text/R@1": "I2T R@1",
     "retrieval/text_to_image/R@1": "T2I R@1",
+    "fairness/headline/leakage_embedding_accuracy": "leak acc",
+    "fairness/headline/leakage_embedding_auc": "leak AUC",
+    "fairness/headline/zero_shot_worst_group_auc": "ZS wg-AUC",
+    "fairness/headline/zero_shot_dpd": "ZS DPD",
+    "fairness/headline/zero_shot_eod": "ZS EOD",
     "fn_detection/precision": "FN prec",
     "fn_detection/recall": "FN rec",
 }
