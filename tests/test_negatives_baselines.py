@@ -56,3 +56,17 @@ def test_oracle_drops_same_label_negatives_and_needs_labels():
         OracleDetector()(
             simclr_pairs(torch.randn(4, 3), torch.randn(4, 3), torch.arange(4)), StepContext()
         )
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (5, 512), (4, 1016), (2, 13), (3, 4096)])
+def test_count_true_matches_sum(shape):
+    from debiascl.negatives.thresholds import count_true
+
+    torch.manual_seed(shape[1])
+    mask = torch.rand(shape) > 0.3
+    assert torch.equal(count_true(mask), mask.sum(1))
+    assert torch.equal(
+        count_true(torch.ones(shape, dtype=torch.bool)), torch.full((shape[0],), shape[1])
+    )
+    if shape[0] > 1:
+        assert torch.equal(count_true(mask[1:]), mask[1:].sum(1))  # offset views

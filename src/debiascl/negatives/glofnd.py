@@ -46,20 +46,29 @@ LAMBDA_DEFAULTS = (1.0, 0.0, 0.0, 0.0)
 
 
 def pooled_quantile(
-    sim: torch.Tensor, neg_mask: torch.Tensor, groups: AnchorGroups, alpha: float
+    sim: torch.Tensor,
+    neg_mask: torch.Tensor,
+    groups: AnchorGroups,
+    alpha: float,
+    subset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batch (1 - alpha)-quantile (k-th largest, k = ceil(alpha n)) of each id's negatives.
 
-    Unimodal ids pool the negatives of both views' rows; returns (G,).
+    Unimodal ids pool the negatives of both views' rows. Returns (G,), or (len(subset),) for the
+    group positions in ``subset`` only (a partial sort of just those rows).
     """
+    if groups.layout == "general":
+        q = kth_largest(sim, neg_mask, quantile_rank(neg_mask.sum(1), alpha))
+        q = groups.pool_sum(q) / groups.rows_per_id()  # mean of the rows' quantiles
+        return q if subset is None else q[subset]
     if groups.layout == "two_views":
         g = groups.ids.shape[0]
-        sim = torch.cat([sim[:g], sim[g:]], dim=1)
-        neg_mask = torch.cat([neg_mask[:g], neg_mask[g:]], dim=1)
-    q = kth_largest(sim, neg_mask, quantile_rank(neg_mask.sum(1), alpha))
-    if groups.layout == "general":
-        return groups.pool_sum(q) / groups.rows_per_id()  # mean of the rows' quantiles
-    return q
+        rows = torch.arange(g, device=sim.device) if subset is None else subset
+        sim = torch.cat([sim[rows], sim[rows + g]], dim=1)
+        neg_mask = torch.cat([neg_mask[rows], neg_mask[rows + g]], dim=1)
+    elif subset is not None:
+        sim, neg_mask = sim[subset], neg_mask[subset]
+    return kth_largest(sim, neg_mask, quantile_rank(neg_mask.sum(1), alpha))
 
 
 class GloFNDDetector(ScheduledDetector):
@@ -140,7 +149,11 @@ class GloFNDDetector(ScheduledDetector):
         lam, m, v, visits = table.read(groups.ids).unbind(1)
         if self.init == "batch_quantile":
             first = visits == 0
-            lam = torch.where(first, pooled_quantile(sim, batch.neg_mask, groups, self.alpha), lam)
+            fresh = first.nonzero().squeeze(1)
+            if fresh.numel() > 0:  # partial sorts only for never-seen ids (the first epoch)
+                lam = lam.index_put(
+                    (fresh,), pooled_quantile(sim, batch.neg_mask, groups, self.alpha, fresh)
+                )
         above, total = threshold_gradient(sim, batch.neg_mask, groups.expand(lam), self.alpha)
         grad = self.alpha - groups.pool_sum(above) / groups.pool_sum(total).clamp_min(1.0)
         if self.optimizer == "adam":

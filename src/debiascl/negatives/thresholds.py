@@ -44,6 +44,22 @@ def kth_largest(sim: torch.Tensor, mask: torch.Tensor, k: torch.Tensor) -> torch
     return top.gather(1, (k - 1).clamp_min(0)[:, None])[:, 0]
 
 
+def count_true(mask: torch.Tensor) -> torch.Tensor:
+    """Per-row number of True entries of a 2-D bool tensor, as int64 (R,).
+
+    Fast path: read 8 bools as one int64 word and sum the words; each of the 8 byte lanes then
+    holds the count of one column residue (at most M / 8 < 256, so lanes never carry into each
+    other), and the lanes are added as bytes. About 5x faster than ``mask.sum(1)`` on CPU, which
+    first widens every bool to int64.
+    """
+    m = mask.shape[1]
+    aligned = mask.is_contiguous() and mask.storage_offset() % 8 == 0 and m % 8 == 0
+    if not aligned or m >= 2048 or mask.device.type != "cpu":
+        return mask.sum(1, dtype=torch.int64)
+    lanes = mask.view(torch.int64).sum(1)
+    return lanes.view(torch.uint8).view(-1, 8).sum(1, dtype=torch.int64)
+
+
 def threshold_gradient(
     sim: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +75,8 @@ def threshold_gradient(
         ``(above, total)``: (R,) float counts of negatives with s > lambda, and of negatives. The
         gradient of a (pooled) anchor is ``alpha - sum(above) / sum(total)``.
     """
-    above = ((sim > lam[:, None]) & mask).sum(1).float()
-    total = mask.sum(1).float()
+    above = count_true((sim > lam[:, None]) & mask).float()
+    total = count_true(mask).float()
     return above, total
 
 
