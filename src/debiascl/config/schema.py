@@ -46,6 +46,14 @@ class DataConfig(Section):
         description="seed of the train_size/test_size subsets (default: the run seed for the "
         "training subset and 0 for the test subset, so every run is tested on the same samples)",
     )
+    subsample_classes: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list,
+        description="controlled imbalance: training classes to keep only a fraction of (after "
+        "train_size; the test split is untouched)",
+    )
+    subsample_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of each subsample_classes class kept (seeded)"
+    )
     image_size: int = Field(28, ge=8)
     channels: Literal[1, 3] = 1
     caption_templates: Literal["default", "single", "skewed"] = "default"

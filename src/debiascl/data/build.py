@@ -183,6 +183,38 @@ def _subset(ds: SampleDataset, size: int | None, seed: int, what: str) -> Sample
     return ds.select(stratified_subset(ds.labels, size, seed))
 
 
+def subsample_classes_rows(
+    labels: torch.Tensor | np.ndarray, classes: list[int], fraction: float, seed: int
+) -> np.ndarray:
+    """Sorted rows keeping every sample of other classes and a seeded ``fraction`` of each of
+    ``classes`` (at least one sample each): a controlled class imbalance (as in SSD's study,
+    Wang et al. MLHC 2023). Class c keeps ``max(1, round(fraction * n_c))`` samples."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    present = set(np.unique(labels).tolist())
+    missing = sorted(set(classes) - present)
+    if missing:
+        raise ConfigError(
+            f"data.subsample_classes lists classes {missing} that the training set does not "
+            f"contain (labels present: {sorted(present)}); fix the class list"
+        )
+    rng = np.random.default_rng(seed)
+    keep = np.ones(labels.size, dtype=bool)
+    for c in sorted(set(classes)):
+        members = np.flatnonzero(labels == c)
+        take = max(1, int(np.floor(fraction * members.size + 0.5)))
+        keep[members] = False
+        keep[rng.permutation(members)[:take]] = True
+    return np.flatnonzero(keep)
+
+
+def _subsample_classes(ds: SampleDataset, cfg: DataConfig, seed: int) -> SampleDataset:
+    if not cfg.subsample_classes or cfg.subsample_fraction >= 1.0:
+        return ds
+    return ds.select(
+        subsample_classes_rows(ds.labels, cfg.subsample_classes, cfg.subsample_fraction, seed)
+    )
+
+
 def _caption_names(class_names: list[str]) -> list[str]:
     """Folder-style names (``ankle_boot``) as words (``ankle boot``)."""
     return [n.replace("_", " ") for n in class_names]
@@ -228,6 +260,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     train_seed = cfg.subset_seed if cfg.subset_seed is not None else seed
     test_seed = cfg.subset_seed if cfg.subset_seed is not None else TEST_SEED
     train = _subset(train, cfg.train_size, train_seed, "train")
+    train = _subsample_classes(train, cfg, train_seed)
     if test is not None:
         test = _subset(test, cfg.test_size, test_seed, "test")
     elif cfg.test_size is not None:

@@ -31,12 +31,16 @@ def eta_summary(
     texts: Sequence[str | None] | None = None,
     bins: int = 10,
     log_it: bool = True,
+    labels: torch.Tensor | np.ndarray | None = None,
 ) -> dict[str, object]:
     """Summary statistics of an (N,) eta table (NaN entries are ignored and counted).
 
     Returns a JSON-serialisable dict with ``count``, ``missing``, ``mean``, ``std``, ``min``,
-    ``max``, ``histogram`` {``edges`` (bins + 1), ``counts`` (bins)} and, when ``texts`` are given,
-    ``spearman_vs_text_count`` (NaN when either side is constant) and ``distinct_texts``.
+    ``max``, ``histogram`` {``edges`` (bins + 1), ``counts`` (bins)}; when ``texts`` are given,
+    ``spearman_vs_text_count`` (NaN when either side is constant), ``distinct_texts`` and
+    ``by_text_count`` (mean eta of the samples whose text occurs c times, keyed by c); when (N,)
+    ``labels`` are given (< 0 unknown), ``by_class`` {class: {``n``, ``mean_eta``,
+    ``class_frequency``}} to compare eta with the true class share (SSD's oracle).
     """
     values = np.asarray(torch.as_tensor(eta).double().cpu().numpy()).reshape(-1)
     ok = ~np.isnan(values)
@@ -62,6 +66,24 @@ def eta_summary(
                 rho = float(spearmanr(x, y).statistic)
         out["spearman_vs_text_count"] = rho
         out["distinct_texts"] = len({t for t in texts if t is not None})
+        out["by_text_count"] = {
+            str(int(c)): float(values[both & (freq == c)].mean()) for c in np.unique(freq[both])
+        }
+    if labels is not None:
+        y = np.asarray(torch.as_tensor(labels).cpu().numpy()).reshape(-1).astype(np.int64)
+        if y.size == values.size:
+            known = y >= 0
+            total = int(known.sum())
+            out["by_class"] = {
+                str(int(c)): {
+                    "n": int((y == c).sum()),
+                    "mean_eta": float(np.nanmean(values[y == c]))
+                    if bool(ok[y == c].any())
+                    else math.nan,
+                    "class_frequency": float((y == c).sum() / total),
+                }
+                for c in np.unique(y[known])
+            }
     if log_it and v.size:
         log.info(
             "eta: mean %.4f std %.4f range [%.4g, %.4g], %d missing; spearman vs text count %s",

@@ -46,7 +46,10 @@ class DebiasedLoss(PairLoss):
             the correction; ``None`` = all.
 
     Logs per direction: ``clamped_fraction`` (anchors at the N e^{-1/t} floor), ``eta_mean`` and
-    ``negatives`` (mean N).
+    ``negatives`` (mean N). :meth:`diagnostics` returns the same over the whole epoch (all
+    directions, reduced over ranks) plus the eta table's statistics; :attr:`eta_report` holds the
+    table's full :func:`~debiascl.eta.summary.eta_summary` (histogram, relation to text
+    frequency), which :meth:`artifacts` offers as ``eta_summary.json`` for the run directory.
     """
 
     def __init__(
@@ -61,6 +64,11 @@ class DebiasedLoss(PairLoss):
         self.beta = float(beta)
         self.eta_directions = tuple(eta_directions) if eta_directions is not None else None
         self.eta_value: float | None
+        #: Full eta-table summary (set by the builders for per-sample tables), or None.
+        self.eta_report: dict[str, object] | None = None
+        # Epoch accumulators: anchors, clamped anchors, sum of anchor eta, sum of N.
+        self._acc = torch.zeros(4, dtype=torch.float64)
+        self._acc_device = torch.device("cpu")  # where the all-reduce runs (NCCL needs CUDA)
         if isinstance(eta, torch.Tensor):
             check(
                 eta.dim() == 1,
@@ -128,12 +136,55 @@ class DebiasedLoss(PairLoss):
             check_inputs=False,
         )
         eta_mean = float(eta.float().mean()) if isinstance(eta, torch.Tensor) else float(eta)
+        anchors = terms.loss.numel()
+        self._acc_device = batch.sim.device
+        self._acc += torch.tensor(
+            [
+                anchors,
+                float(terms.clamped.sum()),
+                eta_mean * anchors,
+                float(terms.num_negatives.double().sum()),
+            ],
+            dtype=torch.float64,
+        )
         logs = {
             "clamped_fraction": float(terms.clamped.float().mean()) if terms.loss.numel() else 0.0,
             "eta_mean": eta_mean,
             "negatives": float(terms.num_negatives.float().mean()) if terms.loss.numel() else 0.0,
         }
         return LossTerms(loss=terms.loss, objective=terms.loss.detach(), logs=logs)
+
+    def diagnostics(self, reset: bool = True) -> dict[str, float]:
+        """Cheap epoch scalars (called by ``ContrastiveObjective.epoch_diagnostics`` on every rank).
+
+        ``clamped_fraction``, ``eta_mean`` and ``mean_negatives`` are over all anchors of all
+        directions since the last reset, summed over ranks; ``eta_table_*`` describe the per-sample
+        table (absent for a constant eta), ``eta_table_spearman_text_count`` its Spearman
+        correlation with how often each sample's text repeats (NaN without texts).
+        """
+        acc = dist_utils.all_reduce_sum(self._acc.to(self._acc_device)).cpu()
+        if reset:
+            self._acc.zero_()
+        n = float(acc[0])
+        out: dict[str, float] = {}
+        if n > 0:
+            out["clamped_fraction"] = float(acc[1]) / n
+            out["eta_mean"] = float(acc[2]) / n
+            out["mean_negatives"] = float(acc[3]) / n
+        report = self.eta_report
+        if report is not None:
+            for key in ("mean", "std", "min", "max"):
+                if key in report:
+                    out[f"eta_table_{key}"] = float(report[key])  # type: ignore[arg-type]
+            out["eta_table_spearman_text_count"] = float(
+                report.get("spearman_vs_text_count", float("nan"))  # type: ignore[arg-type]
+            )
+        return out
+
+    def artifacts(self) -> dict[str, object]:
+        """Files for the run directory: ``{"eta_summary.json": eta_report}`` for a per-sample
+        table, ``{}`` for a constant eta."""
+        return {"eta_summary.json": self.eta_report} if self.eta_report is not None else {}
 
 
 _DIRECTION_NAMES = {
@@ -197,12 +248,20 @@ def _build(cfg: RunConfig, info: DatasetInfo, method: str) -> DebiasedLoss:
     if dist_utils.is_main_process():
         spec.progress = True
         table = build_eta_table(spec, info.num_samples, texts=info.texts, labels=info.labels)
-        eta_summary(table, info.texts)
     table = dist_utils.broadcast_object(table)
     assert isinstance(table, torch.Tensor)
-    return DebiasedLoss(
+    loss = DebiasedLoss(
         eta=table, beta=lc.beta, num_samples=info.num_samples, eta_directions=directions
     )
+    # Every rank holds the same table, so every rank can summarise it (logged on rank 0 only).
+    loss.eta_report = {
+        "source": source,
+        "method": method,
+        **eta_summary(
+            table, info.texts, labels=info.labels, log_it=dist_utils.is_main_process()
+        ),
+    }
+    return loss
 
 
 @LOSSES.register("dcl")
