@@ -1,7 +1,7 @@
 """Name -> builder registries so a config string picks an implementation.
 
-``LOSSES`` builders have the signature ``(cfg: RunConfig, num_samples: int) -> PairLoss`` and
-``DETECTORS`` builders ``(cfg: RunConfig, num_samples: int) -> FalseNegativeDetector``. Tests
+``LOSSES`` builders have the signature ``(cfg: RunConfig, info: DatasetInfo) -> PairLoss`` and
+``DETECTORS`` builders ``(cfg: RunConfig, info: DatasetInfo) -> FalseNegativeDetector``. Tests
 iterate over ``names()`` to run every registered combination.
 """
 

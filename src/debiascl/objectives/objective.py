@@ -9,7 +9,7 @@ This is the one object a training loop needs (the built-in trainer or your own):
 Gradient scaling under DDP: each rank sums the loss over its local anchors, multiplies by the
 world size and divides by the global anchor count. Candidates are gathered with gradient, so
 after DDP averages the gradients every rank holds exactly the gradient of the global-batch mean
-loss (tested against one process in ``tests/test_distributed.py``).
+loss (tested against one process in ``tests/test_distributed_objective.py``).
 """
 
 from __future__ import annotations

@@ -224,6 +224,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name, res in summary.get("references", {}).items():
         rows[f"reference: {name}"] = res
     present = {k: v for k, v in SUMMARY_COLUMNS.items() if any(_has(r, k) for r in rows.values())}
+    if not summary.get("fn_detection", {}).get("removed_fraction"):
+        # nothing was removed: precision is undefined and recall is 0 by construction
+        present = {k: v for k, v in present.items() if not k.startswith("fn_detection/")}
     return format_table(rows, present, row_header="model")
 
 
