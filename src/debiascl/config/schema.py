@@ -202,7 +202,11 @@ class TrainConfig(Section):
     deterministic: bool = True
     eval_every: int = Field(0, ge=0, description="evaluate every k epochs (0: only at the end)")
     log_every: int = Field(20, ge=1)
-    on_nonfinite: Literal["stop", "skip"] = "stop"
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="non-finite loss or gradient: stop (last good checkpoint kept) or skip the "
+        "step",
+    )
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
 
@@ -243,10 +247,27 @@ class EvalConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every_epochs: int = Field(1, ge=1)
-    keep_last: int = Field(2, ge=1)
-    resume: str | None = Field(None, description="'latest' or a checkpoint path")
-    save_on_signal: bool = True
+    """Checkpoints and resume (``debiascl.train.checkpoint``, docs/reliability.md)."""
+
+    every_epochs: int = Field(1, ge=1, description="checkpoint at the end of every k-th epoch")
+    every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every k optimisation steps (mid-epoch)"
+    )
+    keep_last: int = Field(2, ge=1, description="periodic checkpoints kept (newest first)")
+    keep_best: bool = Field(
+        True, description="keep best.pt: the end-of-epoch checkpoint with the lowest train loss"
+    )
+    resume: str | None = Field(None, description="'latest', 'best' or a checkpoint path")
+    overwrite: bool = Field(
+        False,
+        description="a fresh run (no resume) in a run directory holding checkpoints deletes them "
+        "instead of refusing to start",
+    )
+    save_on_signal: bool = Field(
+        True,
+        description="on SIGTERM/SIGUSR1 save a checkpoint at the next step boundary and exit "
+        "with 128+signal",
+    )
 
 
 class RunConfig(Section):

@@ -7,10 +7,14 @@ run directory receives the resolved config, ``metrics.jsonl``, TensorBoard event
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +28,15 @@ from debiascl import distributed as dist_utils
 from debiascl.config import RunConfig, dump_config
 from debiascl.data.augment import build_augment
 from debiascl.data.build import DataBundle, build_data, make_loader
-from debiascl.errors import ConfigError, TrainingError
+from debiascl.errors import CheckpointError, ConfigError, TrainingError
 from debiascl.methods import build_objective
 from debiascl.models import build_model
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.train import checkpoint as ckpt
+from debiascl.train.atomic import atomic_write_text, remove_stale_temp_files
 from debiascl.train.logging import RunLogger
 from debiascl.train.optim import build_optimizer, warmup_cosine
+from debiascl.train.resume import make_resumable
 from debiascl.train.setup import (
     autocast,
     autocast_dtype,
@@ -45,10 +51,34 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty() and dist_utils.is_main_process()
 
 
+#: Signals that ask a run to checkpoint and stop (cluster pre-emption; SLURM ``--signal``).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 @dataclass
 class TrainState:
-    epoch: int = 0  # next epoch to run
+    epoch: int = 0  # completed epochs (= the epoch in progress or next to run)
     step: int = 0  # optimisation steps done
+    batch: int = 0  # batches of epoch `epoch` consumed (incomplete batches included)
+
+
+@dataclass
+class EpochProgress:
+    """Running sums of the epoch in progress (checkpointed so a resumed epoch logs the same)."""
+
+    totals: dict[str, float] = field(default_factory=dict)
+    count: int = 0  # steps whose logs are in totals
+    skipped: int = 0  # incomplete batches (unreadable images) skipped
+    nonfinite: int = 0  # steps skipped for a non-finite loss/gradient (on_nonfinite=skip)
+    seconds: float = 0.0  # training time of this epoch before the current process
+
+
+class RunInterrupted(TrainingError):
+    """A stop signal arrived; a checkpoint was saved. Exit code 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
 class Trainer:
@@ -90,6 +120,7 @@ class Trainer:
                 f"{self.local_batch} per process; lower train.batch_size"
             )
         self.steps_per_epoch = len(self.train_loader)
+        self._skipper = make_resumable(self.train_loader)
         if cfg.train.max_steps is not None:
             self.total_steps = min(cfg.train.max_steps, self.steps_per_epoch * cfg.train.epochs)
         else:
@@ -110,9 +141,17 @@ class Trainer:
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.state = TrainState()
+        self.progress = EpochProgress()
+        self.best_loss = math.inf  # lowest end-of-epoch mean training loss saved as best.pt
+        self.fingerprint_parts = ckpt.fingerprint_parts(cfg, self.info.num_samples)
         self.fingerprint = ckpt.config_fingerprint(cfg, self.info.num_samples)
         self.logger: RunLogger | None = None
         self.last_record: dict[str, Any] = {}
+        self.last_checkpoint: Path | None = None
+        self._loader_rng = self._loader_generator_state()  # as at the start of this epoch
+        self._stop_signal: int | None = None
+        self._saved_at: tuple[int, int, int] | None = None  # position of the last checkpoint
+        self._epoch_t0: float | None = None
 
     # ----------------------------------------------------------------- adversary hooks
     def _build_adversary(self) -> Any:
@@ -120,9 +159,7 @@ class Trainer:
             return None
         from debiascl.fairness.integration import build_adversary
 
-        return build_adversary(
-            self.cfg, self.model, self.device, self.data, own_reversal_step=True
-        )
+        return build_adversary(self.cfg, self.model, self.device, self.data, own_reversal_step=True)
 
     # ----------------------------------------------------------------- one step
     def _logit_scale(self) -> torch.Tensor | float:
@@ -161,8 +198,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads and not all(torch.isfinite(g).all() for g in grads):
+        # With fp16 loss scaling, overflowing gradients are routine: GradScaler skips that step
+        # and lowers the scale, so the guard only looks at gradients without a scaler.
+        if not self.scaler.is_enabled() and not self._grads_finite():
             self.optimizer.zero_grad(set_to_none=True)
             return self._nonfinite(ctx, "gradient", logs)
         self.scaler.step(self.optimizer)
@@ -173,19 +211,71 @@ class Trainer:
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         return logs
 
+    def _grads_finite(self) -> bool:
+        """One device sync: the sum of gradient norms is finite iff every gradient is."""
+        params = self.model.parameters()
+        norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        return not norms or bool(torch.isfinite(torch.stack(norms).sum()))
+
     def _nonfinite(self, ctx: StepContext, what: str, logs: dict[str, float]) -> dict[str, float]:
         if self.cfg.train.on_nonfinite == "skip":
+            # The parameters stay as they were; the schedule still advances so the learning
+            # rate stays a function of the step count.
+            self.scheduler.step()
             logs["skipped"] = 1.0
             return logs
+        where = (
+            f"; the last good checkpoint {self.last_checkpoint} is kept"
+            if self.last_checkpoint is not None
+            else ""
+        )
         raise TrainingError(
-            f"non-finite {what} at epoch {ctx.epoch} step {ctx.step} (loss={logs.get('loss')}); "
-            "the last good checkpoint is kept — lower optim.lr or raise loss.temperature, or set "
-            "train.on_nonfinite=skip"
+            f"non-finite {what} at epoch {ctx.epoch + 1} step {ctx.step + 1} "
+            f"(loss={logs.get('loss')}){where} — lower optim.lr or raise loss.temperature, "
+            "or set train.on_nonfinite=skip"
         )
 
+    def _guarded_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
+        """:meth:`train_step`, with out-of-memory turned into a message naming the step."""
+        try:
+            return self.train_step(batch, ctx)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if not _is_oom(err):
+                raise
+            kept = f"{self.last_checkpoint}" if self.last_checkpoint is not None else "none yet"
+            raise TrainingError(
+                f"out of memory at epoch {ctx.epoch + 1} step {ctx.step + 1} with "
+                f"{self.local_batch} samples per process (last checkpoint: {kept}, intact) — "
+                "lower train.batch_size, use train.amp=bf16 or a smaller model"
+            ) from err
+
     # ----------------------------------------------------------------- checkpoints
+    def _loader_generator_state(self) -> torch.Tensor | None:
+        gen = getattr(self.train_loader, "generator", None)
+        return gen.get_state() if gen is not None else None
+
+    def _stats_state(self) -> torch.Tensor | None:
+        # DetectionStats keeps its epoch sums in a plain tensor (not a buffer).
+        stats = getattr(self.objective, "stats", None)
+        sums = getattr(stats, "_sums", None)
+        return sums.clone() if isinstance(sums, torch.Tensor) else None
+
+    def _adversary_log_state(self) -> dict[str, Any] | None:
+        sums = getattr(self.adversary, "_sums", None)
+        counts = getattr(self.adversary, "_counts", None)
+        if sums is None or counts is None:
+            return None
+        return {"sums": dict(sums), "counts": dict(counts)}
+
     def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically from the current step boundary."""
+        rng = ckpt.capture_rng()
+        rng["loader"] = self._loader_rng
+        elapsed = self.progress.seconds
+        if self._epoch_t0 is not None:
+            elapsed += time.perf_counter() - self._epoch_t0
         return {
+            "format": ckpt.FORMAT_VERSION,
             "model": self.model.state_dict(),
             "objective": self.objective.state_dict(),
             "adversary": self.adversary.state_dict() if self.adversary is not None else None,
@@ -194,80 +284,264 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.state.epoch,
             "step": self.state.step,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "batch": self.state.batch,
+            "progress": {
+                "totals": dict(self.progress.totals),
+                "count": self.progress.count,
+                "skipped": self.progress.skipped,
+                "nonfinite": self.progress.nonfinite,
+                "seconds": elapsed,
+                "detection": self._stats_state(),
+                "adversary_logs": self._adversary_log_state(),
             },
+            "best_loss": self.best_loss,
+            "rng": rng,
             "fingerprint": self.fingerprint,
+            "fingerprint_parts": self.fingerprint_parts,
             "config": self.cfg.model_dump(mode="json"),
             "version": __version__,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.objective.load_state_dict(state["objective"])
-        if self.adversary is not None and state.get("adversary") is not None:
-            self.adversary.load_state_dict(state["adversary"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.state = TrainState(epoch=state["epoch"], step=state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.objective.load_state_dict(state["objective"])
+            if self.adversary is not None and state.get("adversary") is not None:
+                self.adversary.load_state_dict(state["adversary"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(
+                f"the checkpoint does not fit this model/objective ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200]}); resume with the run's own config.yaml"
+            ) from None
+        batch = int(state.get("batch", 0))
+        if batch > self.steps_per_epoch:
+            raise CheckpointError(
+                f"the checkpoint stopped after batch {batch} of an epoch that now has only "
+                f"{self.steps_per_epoch}; resume with the run's batch size and data"
+            )
+        self.state = TrainState(epoch=state["epoch"], step=state["step"], batch=batch)
+        prog = state.get("progress") or {}
+        self.progress = EpochProgress(
+            totals=dict(prog.get("totals") or {}),
+            count=int(prog.get("count", 0)),
+            skipped=int(prog.get("skipped", 0)),
+            nonfinite=int(prog.get("nonfinite", 0)),
+            seconds=float(prog.get("seconds", 0.0)),
+        )
+        stats = getattr(self.objective, "stats", None)
+        saved_sums = prog.get("detection")
+        if saved_sums is not None and isinstance(getattr(stats, "_sums", None), torch.Tensor):
+            stats._sums = saved_sums.clone()  # type: ignore[union-attr]
+        adv_logs = prog.get("adversary_logs")
+        if adv_logs is not None and self.adversary is not None:
+            for name in ("sums", "counts"):
+                target = getattr(self.adversary, f"_{name}", None)
+                if target is not None:
+                    target.clear()
+                    target.update(adv_logs[name])
+        self.best_loss = float(state.get("best_loss", math.inf))
+        ckpt.restore_rng(state["rng"])
+        self._loader_rng = state["rng"].get("loader")
+        if self._loader_rng is not None and getattr(self.train_loader, "generator", None):
+            self.train_loader.generator.set_state(self._loader_rng)
         reset = getattr(self.objective.detector, "reset_thresholds", None)
         if self.cfg.negatives.reset_on_resume and callable(reset):
             reset()
 
-    def save(self) -> Path | None:
+    def save(self, is_best: bool = False) -> Path | None:
+        """Checkpoint the current step boundary (rank 0 writes; every rank learns of failure)."""
         path = None
+        error: TrainingError | None = None
         if self.is_main:
-            path = ckpt.save_checkpoint(
-                self.state_dict(),
-                self.run_dir / "checkpoints",
-                ckpt.checkpoint_name(self.state.epoch, self.state.step),
-                self.cfg.checkpoint.keep_last,
-            )
+            try:
+                path = ckpt.save_checkpoint(
+                    self.state_dict(),
+                    self.run_dir / "checkpoints",
+                    ckpt.checkpoint_name(self.state.epoch, self.state.step),
+                    self.cfg.checkpoint.keep_last,
+                    is_best=is_best and self.cfg.checkpoint.keep_best,
+                )
+            except TrainingError as err:
+                error = err
+        if dist_utils.is_distributed():
+            failed = torch.tensor(float(error is not None), device=self.device)
+            import torch.distributed as dist
+
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() > 0 and error is None:
+                error = TrainingError("rank 0 could not write a checkpoint; see its message")
         dist_utils.barrier()
+        if error is not None:
+            raise error
+        self.last_checkpoint = path
+        self._saved_at = (self.state.epoch, self.state.step, self.state.batch)
         return path
 
-    def resume(self, resume: str) -> None:
-        path = ckpt.resolve_resume(resume, self.run_dir)
-        self.load_state_dict(ckpt.load_checkpoint(path, self.fingerprint))
+    def resume(self, resume: str) -> Path:
+        path, state = ckpt.load_for_resume(
+            resume, self.run_dir, self.fingerprint, self.fingerprint_parts
+        )
+        self.load_state_dict(state)
+        self.last_checkpoint = path
+        self._saved_at = (self.state.epoch, self.state.step, self.state.batch)
+        return path
+
+    # ----------------------------------------------------------------- signals
+    @contextlib.contextmanager
+    def _signal_guard(self) -> Iterator[None]:
+        """While training, SIGTERM/SIGUSR1 only set a flag; the loop saves and stops."""
+        self._stop_signal = None
+        if not self.cfg.checkpoint.save_on_signal or (
+            threading.current_thread() is not threading.main_thread()
+        ):
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _sync_flags(self, batch: dict[str, Any] | None) -> tuple[bool, bool]:
+        """(batch complete on every rank, stop requested on any rank) in one all-reduce.
+
+        With ``data.on_bad_image=skip`` a batch can shrink (or vanish); every rank must see the
+        same batch size for the all-gather, so such a step is skipped everywhere. A stop signal
+        may reach only some ranks; all of them must stop at the same step.
+        """
+        size = 0 if batch is None else int(batch["index"].shape[0])
+        flags = torch.tensor(
+            [float(size == self.local_batch), -float(self._stop_signal is not None)],
+            device=self.device,
+        )
+        if dist_utils.is_distributed():
+            import torch.distributed as dist
+
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        return bool(flags[0].item() > 0), bool(flags[1].item() < 0)
+
+    def _batch_complete(self, batch: dict[str, Any] | None) -> bool:
+        return self._sync_flags(batch)[0]
+
+    def _stop_for_signal(self) -> None:
+        """Save at this step boundary (unless just saved) and raise :class:`RunInterrupted`."""
+        position = (self.state.epoch, self.state.step, self.state.batch)
+        path = self.last_checkpoint
+        if self._saved_at != position:
+            path = self.save()
+        signum = self._stop_signal or signal.SIGTERM
+        name = signal.Signals(signum).name
+        raise RunInterrupted(
+            f"stopped by {name} at epoch {self.state.epoch + 1} step {self.state.step}; "
+            f"checkpoint {path} saved — continue with --resume latest",
+            signum,
+        )
 
     # ----------------------------------------------------------------- loop
     def _prepare_run_dir(self) -> None:
+        ckpt_dir = self.run_dir / "checkpoints"
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(ckpt_dir)
+            existing = ckpt.list_checkpoints(ckpt_dir)
+            if existing and not self.cfg.checkpoint.resume:
+                if not self.cfg.checkpoint.overwrite:
+                    raise CheckpointError(
+                        f"run directory {self.run_dir} already holds checkpoints "
+                        f"({existing[-1].name}); continue it with --resume latest, choose "
+                        "another --run-dir, or set checkpoint.overwrite=true to start over"
+                    )
+                for old in [*existing, ckpt_dir / ckpt.BEST_NAME, self.run_dir / "metrics.jsonl"]:
+                    old.unlink(missing_ok=True)
+        dist_utils.barrier()
+
+    def _write_config(self) -> None:
+        if self.is_main:
             dump_config(self.cfg, self.run_dir / "config.yaml")
         self.logger = RunLogger(self.run_dir, enabled=self.is_main)
 
+    def _trim_metrics(self) -> None:
+        """Drop epoch records written after the checkpoint being resumed (they will be redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.is_main or not path.is_file():
+            return
+        import json
+
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill while appending
+            if isinstance(record, dict) and int(record.get("epoch", 0)) <= self.state.epoch:
+                kept.append(line)
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
     def fit(self, evaluate: bool = True) -> dict[str, Any]:
-        """Train for ``train.epochs`` (or ``max_steps``), checkpoint, evaluate, write summary."""
+        """Train for ``train.epochs`` (or ``max_steps``), checkpoint, evaluate, write summary.
+
+        Resumes first when ``checkpoint.resume`` is set; the checkpoint is checked before
+        anything in the run directory is written, so a refused resume changes nothing.
+        """
         self._prepare_run_dir()
         if self.cfg.checkpoint.resume:
             self.resume(self.cfg.checkpoint.resume)
+            self._trim_metrics()
+        self._write_config()
+        assert self.logger is not None
+        try:
+            return self._fit(evaluate)
+        finally:
+            self.logger.close()
+
+    def _fit(self, evaluate: bool) -> dict[str, Any]:
         assert self.logger is not None
         start = time.perf_counter()
         epochs = self.cfg.train.epochs
-        while self.state.epoch < epochs and self.state.step < self.total_steps:
-            record = self._run_epoch(self.state.epoch)
-            self.last_record = record
-            self.state.epoch += 1
-            self.logger.epoch(record)
-            if self.state.epoch % self.cfg.checkpoint.every_epochs == 0 or (
-                self.state.epoch == epochs
+        with self._signal_guard():
+            while self.state.epoch < epochs and self.state.step < self.total_steps:
+                record = self._run_epoch(self.state.epoch)
+                if record is None:  # max_steps reached inside the epoch
+                    break
+                self.last_record = record
+                self.state.epoch += 1
+                self.state.batch = 0
+                self.progress = EpochProgress()
+                self._loader_rng = self._loader_generator_state()
+                self.logger.epoch(record)
+                if self.state.epoch % self.cfg.checkpoint.every_epochs == 0 or (
+                    self.state.epoch == epochs
+                ):
+                    loss = record.get("loss", math.nan)
+                    is_best = math.isfinite(loss) and loss < self.best_loss
+                    if is_best:
+                        self.best_loss = loss
+                    self.save(is_best=is_best)
+                if self._sync_flags(None)[1]:
+                    self._stop_for_signal()
+                if (
+                    evaluate
+                    and self.cfg.train.eval_every
+                    and self.state.epoch % self.cfg.train.eval_every == 0
+                    and self.state.epoch < epochs
+                ):
+                    self.logger.scalars(
+                        _flatten(self.evaluate(references=False)), self.state.step, prefix="eval/"
+                    )
+            if self._saved_at != (
+                self.state.epoch,
+                self.state.step,
+                self.state.batch,
             ):
                 self.save()
-            if (
-                evaluate
-                and self.cfg.train.eval_every
-                and self.state.epoch % self.cfg.train.eval_every == 0
-                and self.state.epoch < epochs
-            ):
-                self.logger.scalars(
-                    _flatten(self.evaluate(references=False)), self.state.step, prefix="eval/"
-                )
         summary: dict[str, Any] = {
             "name": self.cfg.name,
             "seed": self.cfg.seed,
@@ -288,29 +562,39 @@ class Trainer:
             summary.update(self.evaluate(references=self.cfg.eval.references))
         summary["wall_seconds"] = time.perf_counter() - start
         self.logger.summary(summary)
-        self.logger.close()
         return summary
 
-    def _run_epoch(self, epoch: int) -> dict[str, Any]:
+    def _run_epoch(self, epoch: int) -> dict[str, Any] | None:
+        """Train the rest of ``epoch`` (from batch ``state.batch``); None if stopped early."""
         self.model.train()
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        totals: dict[str, float] = {}
-        count = skipped = 0
-        t0 = time.perf_counter()
+        self._skipper.skip_next(self.state.batch * self.local_batch)
+        progress = self.progress
+        every_steps = self.cfg.checkpoint.every_steps
+        self._epoch_t0 = time.perf_counter()
         bar = tqdm(
             self.train_loader,
             desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
             disable=not progress_enabled(),
             leave=False,
             unit="batch",
+            initial=self.state.batch,
+            total=self.steps_per_epoch,
         )
+        stopped = False
         for batch in bar:
             if self.state.step >= self.total_steps:
+                stopped = True
                 break
-            if not self._batch_complete(batch):
-                skipped += 1
+            complete, stop = self._sync_flags(batch)
+            if stop:
+                bar.close()
+                self._stop_for_signal()
+            self.state.batch += 1
+            if not complete:
+                progress.skipped += 1
                 continue
             ctx = StepContext(
                 epoch=epoch,
@@ -318,44 +602,43 @@ class Trainer:
                 training=True,
                 progress=self.state.step / max(1, self.total_steps),
             )
-            logs = self.train_step(batch, ctx)
+            logs = self._guarded_step(batch, ctx)
             self.state.step += 1
-            count += 1
-            for key, val in logs.items():
-                totals[key] = totals.get(key, 0.0) + float(val)
+            if logs.get("skipped"):
+                progress.nonfinite += 1
+            else:
+                progress.count += 1
+                for key, val in logs.items():
+                    progress.totals[key] = progress.totals.get(key, 0.0) + float(val)
             if self.state.step % self.cfg.train.log_every == 0:
                 assert self.logger is not None
                 self.logger.scalars(logs, self.state.step, prefix="train/")
-            elapsed = time.perf_counter() - t0
+            if every_steps and self.state.step % every_steps == 0:
+                self.save()
+            elapsed = progress.seconds + time.perf_counter() - self._epoch_t0
             bar.set_postfix(
                 loss=f"{logs['loss']:.3f}",
-                img_s=f"{count * self.cfg.train.batch_size / elapsed:.0f}",
+                img_s=f"{progress.count * self.cfg.train.batch_size / max(elapsed, 1e-9):.0f}",
             )
-        seconds = time.perf_counter() - t0
+        bar.close()
+        seconds = progress.seconds + time.perf_counter() - self._epoch_t0
+        self._epoch_t0 = None
+        progress.seconds = seconds
+        if stopped:
+            return None
+        count = progress.count
         record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step}
-        record.update({k: v / max(1, count) for k, v in totals.items()})
+        record.update({k: v / max(1, count) for k, v in progress.totals.items()})
         record["images_per_second"] = count * self.cfg.train.batch_size / max(seconds, 1e-9)
         record["epoch_seconds"] = seconds
-        if skipped:
-            record["skipped_batches"] = skipped
+        if progress.skipped:
+            record["skipped_batches"] = progress.skipped
+        if progress.nonfinite:
+            record["nonfinite_skipped_steps"] = progress.nonfinite
         record.update({f"negatives/{k}": v for k, v in self.objective.epoch_diagnostics().items()})
         if self.adversary is not None:
             record.update(self.adversary.epoch_logs())
         return record
-
-    def _batch_complete(self, batch: dict[str, Any] | None) -> bool:
-        """False when unreadable images were dropped from this batch on any rank.
-
-        With ``data.on_bad_image=skip`` a batch can shrink (or vanish); every rank must see the
-        same batch size for the all-gather, so such a step is skipped everywhere.
-        """
-        size = 0 if batch is None else int(batch["index"].shape[0])
-        ok = torch.tensor(float(size == self.local_batch), device=self.device)
-        if dist_utils.is_distributed():
-            import torch.distributed as dist
-
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok.item() > 0)
 
     def evaluate(self, references: bool = False) -> dict[str, Any]:
         """Frozen-feature evaluation of the current model (rank 0 computes, others wait)."""
@@ -377,3 +660,11 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(val, int | float) and not isinstance(val, bool) and math.isfinite(val):
             flat[name] = float(val)
     return flat
+
+
+def _is_oom(err: BaseException) -> bool:
+    """CUDA/CPU out-of-memory, whichever type the allocator raised."""
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(err)
+    return "out of memory" in text or "can't allocate memory" in text

@@ -1,0 +1,95 @@
+"""Shared helpers for the reliability/resume/CLI tests: tiny digits runs in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from debiascl.config import load_config
+from debiascl.train.trainer import RunInterrupted, Trainer
+
+#: 256 digits, batch 32: 8 steps per epoch, a few seconds per run on one CPU thread.
+TINY = [
+    "data.train_size=256",
+    "train.batch_size=32",
+    "train.epochs=3",
+    "train.log_every=1000",
+    "model.width=4",
+    "model.proj_hidden_dim=32",
+    "model.embed_dim=16",
+    "checkpoint.keep_last=100",
+]
+
+#: Log fields that measure time, not training.
+TIMING = {"images_per_second", "epoch_seconds"}
+
+
+def make_trainer(
+    run_dir: Path, overrides: list[str] = (), config: str = "digits_simclr"
+) -> Trainer:
+    cfg = load_config(config, [*TINY, *overrides])
+    return Trainer(cfg, run_dir=run_dir)
+
+
+def run(run_dir: Path, overrides: list[str] = (), config: str = "digits_simclr") -> Trainer:
+    trainer = make_trainer(run_dir, overrides, config)
+    trainer.fit(evaluate=False)
+    return trainer
+
+
+def run_until_signal(
+    run_dir: Path,
+    stop_after: int,
+    overrides: list[str] = (),
+    config: str = "digits_simclr",
+    signum: int = signal.SIGUSR1,
+) -> RunInterrupted:
+    """Train and send ourselves ``signum`` during step ``stop_after`` (1-based); expect a stop."""
+    trainer = make_trainer(run_dir, overrides, config)
+    original = trainer.train_step
+    calls = {"n": 0}
+
+    def step(batch: dict[str, Any], ctx: Any) -> dict[str, float]:
+        out = original(batch, ctx)
+        calls["n"] += 1
+        if calls["n"] == stop_after:
+            os.kill(os.getpid(), signum)
+        return out
+
+    trainer.train_step = step  # type: ignore[method-assign]
+    try:
+        trainer.fit(evaluate=False)
+    except RunInterrupted as err:
+        assert trainer.state.step == stop_after
+        return err
+    raise AssertionError("the run was not interrupted")
+
+
+def tensors_of(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Model parameters/buffers and every per-sample table of the objective (and adversary)."""
+    out = {f"model.{k}": v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    out.update(
+        {
+            f"objective.{k}": v.detach().clone()
+            for k, v in trainer.objective.state_dict().items()
+            if isinstance(v, torch.Tensor)
+        }
+    )
+    return out
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def metrics(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]

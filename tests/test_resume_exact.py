@@ -1,0 +1,123 @@
+"""Exact resume: stop a run at a step boundary (mid-epoch included), resume, and end with
+bit-identical parameters, per-sample tables and epoch logs to the uninterrupted run (CPU)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import torch
+
+from debiascl.train import checkpoint as ckpt
+from reliability_helpers import (
+    assert_identical,
+    make_trainer,
+    metrics,
+    run,
+    run_until_signal,
+    tensors_of,
+)
+
+CASES = {
+    "simclr_infonce": ("digits_simclr", []),
+    "simclr_glofnd_sogclr": (
+        "digits_simclr",
+        ["negatives.name=glofnd", "negatives.alpha=0.1", "loss.name=sogclr"],
+    ),
+    "clip_glofnd": ("digits_clip", ["negatives.name=glofnd", "negatives.alpha=0.1"]),
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted runs, one per case (computed once)."""
+    out = {}
+    for name, (config, overrides) in CASES.items():
+        d = tmp_path_factory.mktemp(f"ref_{name}")
+        out[name] = (tensors_of(run(d, overrides, config)), metrics(d))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("case", "stop_after"),
+    [
+        ("simclr_infonce", 3),  # mid-epoch 1
+        ("simclr_infonce", 8),  # last step of epoch 1
+        ("simclr_infonce", 13),  # mid-epoch 2
+        ("simclr_glofnd_sogclr", 5),
+        ("simclr_glofnd_sogclr", 17),
+        ("clip_glofnd", 11),
+    ],
+)
+def test_stop_and_resume_is_bit_identical(tmp_path, reference, case, stop_after):
+    config, overrides = CASES[case]
+    err = run_until_signal(tmp_path, stop_after, overrides, config)
+    assert err.exit_code == 128 + signal.SIGUSR1
+    assert "--resume latest" in str(err)
+    resumed = run(tmp_path, [*overrides, "checkpoint.resume=latest"], config)
+    ref_tensors, ref_metrics = reference[case]
+    assert resumed.state.step == 24
+    assert_identical(tensors_of(resumed), ref_tensors)
+    # Epoch logs (losses, lr, detection statistics) are identical too, each epoch once.
+    assert metrics(tmp_path) == ref_metrics
+
+
+def test_objective_tables_are_non_trivial(reference):
+    """Guard against a vacuous comparison: GloFND/SogCLR tables moved away from their init."""
+    tensors, _ = reference["simclr_glofnd_sogclr"]
+    tables = {k: v for k, v in tensors.items() if k.startswith("objective.")}
+    assert tables, "the objective has no state to compare"
+    assert any(float(v.double().abs().sum()) > 0 for v in tables.values())
+
+
+def test_resume_twice_from_step_checkpoints(tmp_path, reference):
+    """Resume from an explicit mid-epoch checkpoint path, stop again, resume again."""
+    ref_tensors, ref_metrics = reference["simclr_infonce"]
+    run_until_signal(tmp_path, 6, ["checkpoint.every_steps=2"])
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
+    assert names == [
+        "epoch0000-step00000002.pt",
+        "epoch0000-step00000004.pt",
+        "epoch0000-step00000006.pt",
+    ]
+    # Explicit path to the step-4 checkpoint: steps 5-6 are redone.
+    first = str(tmp_path / "checkpoints" / "epoch0000-step00000004.pt")
+    trainer = make_trainer(tmp_path, ["checkpoint.every_steps=2", f"checkpoint.resume={first}"])
+    calls = {"n": 0}
+    original = trainer.train_step
+
+    def step(batch, ctx):
+        calls["n"] += 1
+        if calls["n"] == 9:  # during global step 13
+            trainer._stop_signal = signal.SIGTERM
+        return original(batch, ctx)
+
+    trainer.train_step = step
+    with pytest.raises(Exception) as info:
+        trainer.fit(evaluate=False)
+    assert getattr(info.value, "exit_code", None) == 128 + signal.SIGTERM
+    assert trainer.state.step == 13
+    resumed = run(tmp_path, ["checkpoint.every_steps=2", "checkpoint.resume=latest"])
+    assert_identical(tensors_of(resumed), ref_tensors)
+    assert metrics(tmp_path) == ref_metrics
+
+
+def test_resume_of_finished_run_changes_nothing(tmp_path, reference):
+    ref_tensors, _ = reference["simclr_infonce"]
+    run(tmp_path)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    again = run(tmp_path, ["checkpoint.resume=latest"])
+    assert_identical(tensors_of(again), ref_tensors)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_checkpoint_holds_every_rng_and_position(tmp_path):
+    run_until_signal(tmp_path, 3)
+    path = ckpt.list_checkpoints(tmp_path / "checkpoints")[-1]
+    state = torch.load(path, weights_only=True)  # loads without executing code
+    assert (state["epoch"], state["step"], state["batch"]) == (0, 3, 3)
+    assert set(state["rng"]) >= {"torch", "cuda", "numpy", "python", "loader"}
+    assert state["format"] == ckpt.FORMAT_VERSION
+    for key in ("model", "objective", "optimizer", "scheduler", "scaler", "progress"):
+        assert key in state
+    assert state["progress"]["count"] == 3
