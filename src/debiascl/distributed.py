@@ -2,7 +2,7 @@
 
 Every function here is a no-op (or identity) when ``torch.distributed`` is not initialised, so the
 same code path serves one process and ``torchrun``. Embeddings are gathered *with* gradient
-(``torch.distributed.nn.functional.all_gather``, whose backward reduce-scatters the gradients), so a
+(:func:`gather_with_grad`, whose backward sums the gradients over ranks), so a
 loss computed on local anchors against the global batch gives, after DDP's gradient averaging,
 exactly the gradient of the global-batch loss (see :func:`debiascl.objectives.base`).
 """
@@ -51,16 +51,43 @@ def init_from_env(backend: str = "auto", timeout_s: float = 600.0) -> bool:
     return True
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient for the local slice.
+
+    NCCL uses one reduce-scatter; gloo (no reduce-scatter) sums the whole gradient with an
+    all-reduce and keeps the local slice.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world = dist.get_world_size()
+        out = x.new_empty((world * x.shape[0], *x.shape[1:]))
+        dist.all_gather_into_tensor(out, x.contiguous())
+        ctx.rows = x.shape[0]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        if dist.get_backend() == dist.Backend.NCCL:
+            local = grad.new_empty((ctx.rows, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(local, grad, op=dist.ReduceOp.SUM)
+            return local
+        total = grad.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.rows
+        return total[start : start + ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` (n, ...) from every rank along dim 0, keeping the autograd graph.
 
-    Every rank must pass the same ``n``. Returns ``x`` itself in a single process.
+    Every rank must pass the same ``n``. The backward pass gives each rank the sum over ranks of
+    the gradients for its own rows. Returns ``x`` itself in a single process.
     """
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
