@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from debiascl import distributed
 from debiascl.config.schema import RunConfig
@@ -48,8 +49,10 @@ class TrainerAdversary(nn.Module):
         on: str,
         mode: str,
         own_reversal_step: bool = False,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
+        self.normalize = normalize
         self.core = core
         self.columns = list(columns)
         self.on = on
@@ -80,6 +83,8 @@ class TrainerAdversary(nn.Module):
         if attrs.ndim == 1:
             attrs = attrs[:, None]
         attrs = attrs[:, self.columns].to(a.device)
+        if self.normalize:  # the direction is what the cosine loss and zero-shot use
+            a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
         if self.on == "text":
             return b, attrs
         if self.mode == "image_image":  # both views carry the same attributes
@@ -156,4 +161,7 @@ def build_adversary(
     core = _build_core(fc, cfg.model.embed_dim, classes)
     assert core is not None
     columns = [names.index(a) for a in fc.attributes]
-    return TrainerAdversary(core, columns, fc.on, cfg.data.mode, own_reversal_step).to(device)
+    normalize = bool(getattr(fc, "normalize", False))
+    return TrainerAdversary(
+        core, columns, fc.on, cfg.data.mode, own_reversal_step, normalize=normalize
+    ).to(device)
