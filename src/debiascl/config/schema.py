@@ -59,11 +59,24 @@ class DataConfig(Section):
     caption_templates: Literal["default", "single", "skewed"] = "default"
     num_workers: int = Field(0, ge=0)
     augment: Literal["simclr", "light", "none"] | None = Field(
-        None, description="augmentation strength (default simclr for image_image, light for "
-        "image_text)"
+        None,
+        description="augmentation strength (default simclr for image_image, light for image_text)",
     )
     blur: bool = Field(False, description="add random Gaussian blur to the simclr augmentation")
     on_bad_image: Literal["error", "skip"] = "error"
+    # dataset=synthetic_attr (SYNTHETIC attribute on Fashion-MNIST, debiascl.data.synthetic_attr)
+    synthetic_correlation: float = Field(
+        0.9, ge=0, le=1, description="synthetic_attr: P(mark | even class) in the training split"
+    )
+    synthetic_test_correlation: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="synthetic_attr: the same for the test split (0.5: independent)",
+    )
+    synthetic_style: Literal["border", "tint"] = Field(
+        "border", description="synthetic_attr: how the mark is drawn (bright frame or tint)"
+    )
     high_bit_scaling: Literal["dtype", "minmax"] = Field(
         "dtype",
         description="how 16-bit images become 8-bit: divide by the type's range, or per-image "
@@ -159,6 +172,11 @@ class FairnessConfig(Section):
     method: Literal["reversal", "alternating"] = "reversal"
     objective: Literal["cross_entropy", "confusion"] = "confusion"
     on: Literal["image", "text", "feature"] = "image"
+    normalize: bool = Field(
+        True,
+        description="the discriminator sees the L2-normalised embedding (what the cosine "
+        "contrastive loss and zero-shot use), so the encoder cannot hide the attribute in the norm",
+    )
     hidden_dim: int = Field(128, ge=1, description="discriminator MLP width")
     disc_layers: int = Field(2, ge=1, description="hidden layers of the discriminator MLP")
     lr: float = Field(1e-3, gt=0, description="discriminator learning rate (own Adam)")
@@ -174,6 +192,13 @@ class FairnessConfig(Section):
     )
     intersections: list[list[str]] = Field(
         default_factory=list, description="attribute combinations audited as intersections"
+    )
+    audit_val_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="share of the training split held out (class-stratified) as the audit's "
+        "validation split: decision thresholds come from it, never from the test split",
     )
     threshold_rule: Literal["youden", "f1", "prevalence"] = Field(
         "youden", description="how the validation split picks decision thresholds"
