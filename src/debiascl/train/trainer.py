@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from debiascl import __version__
 from debiascl import distributed as dist_utils
-from debiascl.config import RunConfig, dump_config
+from debiascl.config import RunConfig
 from debiascl.data.augment import build_augment
 from debiascl.data.build import DataBundle, build_data, make_loader
 from debiascl.errors import CheckpointError, ConfigError, TrainingError
@@ -465,7 +466,8 @@ class Trainer:
 
     def _write_config(self) -> None:
         if self.is_main:
-            dump_config(self.cfg, self.run_dir / "config.yaml")
+            text = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+            atomic_write_text(self.run_dir / "config.yaml", text)
         self.logger = RunLogger(self.run_dir, enabled=self.is_main)
 
     def _trim_metrics(self) -> None:
@@ -494,7 +496,7 @@ class Trainer:
         self._prepare_run_dir()
         if self.cfg.checkpoint.resume:
             self.resume(self.cfg.checkpoint.resume)
-            self._trim_metrics()
+        self._trim_metrics()  # a fresh run keeps no records of an earlier one
         self._write_config()
         assert self.logger is not None
         try:
