@@ -30,7 +30,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         from debiascl.train.evaluate import format_summary
 
-        print(format_summary(summary))
+        if not args.no_eval:
+            print(format_summary(summary))
         print(f"run directory: {trainer.run_dir}")
     return 0
 
@@ -49,6 +50,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from debiascl.demo import run_demo
 
     run_demo(Path(args.output_dir), quick=args.quick, methods=args.methods)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from debiascl.report import aggregate_runs, markdown_table
+
+    groups = aggregate_runs([Path(p) for p in args.run_dirs])
+    print(markdown_table(groups))
+    if args.json:
+        from debiascl.train.atomic import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(groups, indent=2) + "\n")
     return 0
 
 
@@ -108,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", nargs="*", default=None, help="subset of methods to run (default: all)"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    report = sub.add_parser(
+        "report",
+        help="aggregate finished runs over seeds (mean ± std)",
+        description="Group run directories by setting (config minus seed and name) and print a "
+        "Markdown table of mean ± std over seeds.",
+    )
+    report.add_argument("run_dirs", nargs="+", help="run directories with summary.json")
+    report.add_argument("--json", help="also write the aggregate to this JSON file")
+    report.set_defaults(func=_cmd_report)
 
     cfgs = sub.add_parser("configs", help="list the built-in configs")
     cfgs.set_defaults(func=_cmd_configs)

@@ -1,0 +1,103 @@
+"""Aggregate run directories over seeds: ``debiascl report RUN_DIR ...``.
+
+Runs are grouped by their resolved config with the seed, name and output location removed, so
+the seeds of one setting form one row; every numeric result in ``summary.json`` is reported as
+mean ± sample standard deviation over the group, with the seeds listed. Output is Markdown (for
+docs) and JSON (for scripts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from debiascl.errors import DataError
+from debiascl.eval.report import flatten_results
+
+DEFAULT_COLUMNS = {
+    "linear_probe/100%": "LP 100%",
+    "linear_probe/10%": "LP 10%",
+    "linear_probe/1%": "LP 1%",
+    "knn/accuracy": "kNN",
+    "zero_shot/accuracy": "zero-shot",
+    "fn_detection/precision": "FN prec",
+    "fn_detection/recall": "FN rec",
+    "fn_detection/removed_fraction": "removed",
+}
+
+_IGNORED = {"seed", "name", "output_dir"}
+
+
+def _setting_key(config: dict[str, Any]) -> str:
+    kept = {k: v for k, v in config.items() if k not in _IGNORED}
+    kept.get("checkpoint", {}).pop("resume", None)
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(resolved config, summary) of one run directory."""
+    cfg_path, summary_path = run_dir / "config.yaml", run_dir / "summary.json"
+    if not cfg_path.is_file() or not summary_path.is_file():
+        raise DataError(
+            f"{run_dir} is not a finished run (needs config.yaml and summary.json); "
+            "pass directories written by `debiascl train`"
+        )
+    try:
+        return yaml.safe_load(cfg_path.read_text()), json.loads(summary_path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise DataError(f"{run_dir}: unreadable config.yaml or summary.json ({err})") from None
+
+
+def aggregate_runs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """One entry per setting: ``{"label", "seeds", "runs", "metrics": {path: {mean, std, n}}}``."""
+    groups: dict[str, dict[str, Any]] = {}
+    for run_dir in run_dirs:
+        config, summary = load_run(Path(run_dir))
+        key = _setting_key(config)
+        group = groups.setdefault(
+            key, {"label": config.get("name", key), "seeds": [], "runs": [], "values": {}}
+        )
+        group["seeds"].append(config.get("seed"))
+        group["runs"].append(str(run_dir))
+        flat = flatten_results({k: v for k, v in summary.items() if k != "references"})
+        for path, (value, _) in flat.items():
+            if math.isfinite(value):
+                group["values"].setdefault(path, []).append(value)
+    out = []
+    for group in groups.values():
+        metrics = {
+            path: {
+                "mean": statistics.fmean(vals),
+                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                "n": len(vals),
+            }
+            for path, vals in group.pop("values").items()
+        }
+        out.append({**group, "metrics": metrics})
+    return out
+
+
+def markdown_table(groups: list[dict[str, Any]], columns: dict[str, str] | None = None) -> str:
+    """Rows = settings, cells = mean ± std in percent (n seeds in the last column)."""
+    columns = columns or {
+        p: h for p, h in DEFAULT_COLUMNS.items() if any(p in g["metrics"] for g in groups)
+    }
+    lines = [
+        "| setting | " + " | ".join(columns.values()) + " | seeds |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for g in groups:
+        cells = []
+        for path in columns:
+            m = g["metrics"].get(path)
+            cells.append("-" if m is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}")
+        seeds = ",".join(str(s) for s in g["seeds"])
+        lines.append(f"| {g['label']} | " + " | ".join(cells) + f" | {seeds} |")
+    return "\n".join(lines)
