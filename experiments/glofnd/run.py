@@ -1,0 +1,174 @@
+"""Run the GloFND experiments of issue 4 sequentially and tabulate mean ± std over seeds.
+
+Studies (configs in ``src/debiascl/configs``; every method of a study shares all settings but the
+``negatives`` section):
+    image: SimCLR layout with the SogCLR loss, Fashion-MNIST 5k subset: none / fnc / glofnd /
+        oracle (``fmnist_simclr_{fnc,glofnd,oracle}``; none = the glofnd config with
+        ``negatives.name=none``).
+    text: CLIP layout with caption templates and the bimodal SogCLR loss: none / fnc / glofnd
+        (``fmnist_clip_{fnc,glofnd}``).
+
+Each run trains through :class:`debiascl.train.trainer.Trainer` (what ``debiascl train`` runs)
+and writes the usual run directory. The test split is only scored after training; the
+hyperparameters were fixed beforehand (docs/experiments/glofnd.md says how), not chosen on it.
+Detection metrics are the training-set diagnostics of the last epoch (``fn_detection``), which
+score removed negatives against same-label negatives.
+
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/glofnd/run.py image --seeds 0 1 2
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/glofnd/run.py text --seeds 0 1 2
+    .venv/bin/python experiments/glofnd/run.py image --aggregate-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# study -> [(method label, config, extra overrides)]
+STUDIES: dict[str, list[tuple[str, str, list[str]]]] = {
+    "image": [
+        ("none", "fmnist_simclr_glofnd", ["negatives.name=none", "name=fmnist_simclr_none"]),
+        ("fnc", "fmnist_simclr_fnc", []),
+        ("glofnd", "fmnist_simclr_glofnd", []),
+        ("oracle", "fmnist_simclr_oracle", []),
+    ],
+    "text": [
+        ("none", "fmnist_clip_glofnd", ["negatives.name=none", "name=fmnist_clip_none"]),
+        ("fnc", "fmnist_clip_fnc", []),
+        ("glofnd", "fmnist_clip_glofnd", []),
+    ],
+}
+
+# (column label, path in summary.json, is a fraction shown in percent)
+METRICS: dict[str, list[tuple[str, str, bool]]] = {
+    "image": [
+        ("LP 1%", "linear_probe/1%/mean", True),
+        ("LP 10%", "linear_probe/10%/mean", True),
+        ("kNN", "knn/accuracy", True),
+    ],
+    "text": [
+        ("zero-shot", "zero_shot/accuracy", True),
+        ("LP 1%", "linear_probe/1%/mean", True),
+        ("LP 10%", "linear_probe/10%/mean", True),
+        ("R@1 i2t (caption)", "retrieval_by_caption/image_to_text/R@1", True),
+    ],
+}
+DETECTION: list[tuple[str, str, bool]] = [
+    ("removed", "fn_detection/removed_fraction", True),
+    ("FN precision", "fn_detection/precision", True),
+    ("FN recall", "fn_detection/recall", True),
+    ("FN F1", "fn_detection/f1", True),
+    ("train s", "train_seconds", False),
+]
+
+
+def _get(tree: dict[str, Any], path: str) -> float:
+    node: Any = tree
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return math.nan
+        node = node[part]
+    return float(node) if isinstance(node, int | float) else math.nan
+
+
+def run_one(config: str, overrides: list[str], seed: int, run_dir: Path) -> None:
+    from debiascl.config import load_config
+    from debiascl.train.trainer import Trainer
+
+    cfg = load_config(config, [*overrides, f"seed={seed}", f"output_dir={run_dir.parent}"])
+    Trainer(cfg, run_dir=run_dir).fit(evaluate=True)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
+    """Collect finished runs into ``results.json`` and ``results.md`` under ``out``."""
+    columns = METRICS[study] + DETECTION
+    rows: dict[str, Any] = {}
+    for label, _, _ in STUDIES[study]:
+        per_seed = []
+        for seed in seeds:
+            path = out / label / f"seed{seed}" / "summary.json"
+            if path.exists():
+                summary = json.loads(path.read_text())
+                rec = {name: _get(summary, key) for name, key, _ in columns}
+                per_seed.append({"seed": seed, **rec})
+        if per_seed:
+            rows[label] = {
+                "seeds": [r["seed"] for r in per_seed],
+                "per_seed": per_seed,
+                "mean_std": {n: _mean_std([r[n] for r in per_seed]) for n, _, _ in columns},
+            }
+    result = {"study": study, "seeds": seeds, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(study, rows) + "\n")
+    return result
+
+
+def markdown(study: str, rows: dict[str, Any]) -> str:
+    """Mean ± sample std over seeds; fractions in percent."""
+    if not rows:
+        return "(no finished runs)"
+    columns = METRICS[study] + DETECTION
+    lines = [
+        "| method | seeds | " + " | ".join(n for n, _, _ in columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for label, row in rows.items():
+        cells = []
+        for name, _, pct in columns:
+            m, s = row["mean_std"][name]
+            if math.isnan(m):
+                cells.append("-")
+            elif pct:
+                cells.append(f"{100 * m:.1f} ± {100 * s:.1f}")
+            else:
+                cells.append(f"{m:.0f} ± {s:.0f}")
+        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("study", choices=sorted(STUDIES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="experiments/glofnd/runs")
+    parser.add_argument("--only", nargs="*", help="subset of the study's methods")
+    parser.add_argument("--aggregate-only", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out) / args.study
+    if not args.aggregate_only:
+        for seed in args.seeds:  # seed-major: a partial grid still has every method
+            for label, config, overrides in STUDIES[args.study]:
+                if args.only and label not in args.only:
+                    continue
+                run_dir = out / label / f"seed{seed}"
+                if (run_dir / "summary.json").exists():
+                    print(f"skip {label} seed {seed} (done)", flush=True)
+                    continue
+                t0 = time.perf_counter()
+                overrides = [*overrides, "checkpoint.overwrite=true"]
+                run_one(config, overrides, seed, run_dir)
+                print(f"done {label} seed {seed} in {time.perf_counter() - t0:.0f} s", flush=True)
+                aggregate(args.study, out, args.seeds)
+    result = aggregate(args.study, out, args.seeds)
+    print(markdown(args.study, result["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
