@@ -48,10 +48,11 @@ _NAME = re.compile(r"^epoch(\d+)-step(\d+)\.pt$")
 def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     """One short hash per config part a resumed run must share with the saved one.
 
-    Training length (``train.epochs``, ``max_steps``), learning-rate values, logging,
-    evaluation, worker counts and the bad-image policy may change between a run and its resume;
-    the model, data, loss, detector, adversary, optimiser type, global batch size and number of
-    training samples may not (their state would not fit or would silently mean something else).
+    Training length (``train.epochs``, ``max_steps``), logging, evaluation, worker counts and
+    the bad-image policy may change between a run and its resume; the model, data, loss,
+    detector, adversary, optimiser settings, global batch size and number of training samples
+    may not (their state would not fit, or -- for ``optim.*``, whose values the optimiser and
+    scheduler states restore -- a change would be silently ignored).
     """
     parts = {
         "model": cfg.model.model_dump(mode="json"),
@@ -59,7 +60,7 @@ def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
         "loss": cfg.loss.model_dump(mode="json"),
         "negatives": cfg.negatives.model_dump(mode="json", exclude={"reset_on_resume"}),
         "fairness": cfg.fairness.model_dump(mode="json"),
-        "optimizer": cfg.optim.name,
+        "optim": cfg.optim.model_dump(mode="json"),
         "batch_size": cfg.train.batch_size,
         "num_samples": num_samples,
     }

@@ -296,6 +296,7 @@ class Trainer:
                 "adversary_logs": self._adversary_log_state(),
             },
             "best_loss": self.best_loss,
+            "last_record": dict(self.last_record),
             "rng": rng,
             "fingerprint": self.fingerprint,
             "fingerprint_parts": self.fingerprint_parts,
@@ -344,6 +345,7 @@ class Trainer:
                     target.clear()
                     target.update(adv_logs[name])
         self.best_loss = float(state.get("best_loss", math.inf))
+        self.last_record = dict(state.get("last_record") or {})
         ckpt.restore_rng(state["rng"])
         self._loader_rng = state["rng"].get("loader")
         if self._loader_rng is not None and getattr(self.train_loader, "generator", None):
@@ -470,22 +472,39 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", text)
         self.logger = RunLogger(self.run_dir, enabled=self.is_main)
 
-    def _trim_metrics(self) -> None:
-        """Drop epoch records written after the checkpoint being resumed (they will be redone)."""
+    def _trim_metrics(self) -> int:
+        """Drop epoch records beyond the resumed checkpoint (they will be redone) and torn lines;
+        returns the last epoch still logged."""
         path = self.run_dir / "metrics.jsonl"
         if not self.is_main or not path.is_file():
-            return
+            return 0
         import json
 
-        kept = []
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        kept, last = [], 0
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a kill while appending
             if isinstance(record, dict) and int(record.get("epoch", 0)) <= self.state.epoch:
                 kept.append(line)
-        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+                last = max(last, int(record.get("epoch", 0)))
+        new = "".join(f"{line}\n" for line in kept)
+        if new != text:
+            atomic_write_text(path, new)
+        return last
+
+    def _log_missing_record(self, last_logged: int) -> None:
+        """A kill between the epoch checkpoint and its log line: log it from the checkpoint."""
+        record = self.last_record
+        if (
+            self.logger is not None
+            and self.state.batch == 0
+            and record.get("epoch") == self.state.epoch
+            and last_logged < self.state.epoch
+        ):
+            self.logger.epoch(record)
 
     def fit(self, evaluate: bool = True) -> dict[str, Any]:
         """Train for ``train.epochs`` (or ``max_steps``), checkpoint, evaluate, write summary.
@@ -496,8 +515,9 @@ class Trainer:
         self._prepare_run_dir()
         if self.cfg.checkpoint.resume:
             self.resume(self.cfg.checkpoint.resume)
-        self._trim_metrics()  # a fresh run keeps no records of an earlier one
+        last_logged = self._trim_metrics()  # a fresh run keeps no records of an earlier one
         self._write_config()
+        self._log_missing_record(last_logged)
         assert self.logger is not None
         try:
             return self._fit(evaluate)
@@ -518,7 +538,8 @@ class Trainer:
                 self.state.batch = 0
                 self.progress = EpochProgress()
                 self._loader_rng = self._loader_generator_state()
-                self.logger.epoch(record)
+                # Checkpoint (which carries the record) before logging: a failed save leaves
+                # metrics.jsonl as it was, and a kill in between is repaired on resume.
                 if self.state.epoch % self.cfg.checkpoint.every_epochs == 0 or (
                     self.state.epoch == epochs
                 ):
@@ -527,6 +548,7 @@ class Trainer:
                     if is_best:
                         self.best_loss = loss
                     self.save(is_best=is_best)
+                self.logger.epoch(record)
                 if self._sync_flags(None)[1]:
                     self._stop_for_signal()
                 if (
@@ -560,6 +582,9 @@ class Trainer:
         }
         if detection:
             summary["fn_detection"] = detection
+        skipped_images = getattr(self.data.train, "num_skipped", 0)
+        if skipped_images:
+            summary["skipped_images"] = int(skipped_images)  # reads skipped in this process
         if evaluate:
             summary.update(self.evaluate(references=self.cfg.eval.references))
         summary["wall_seconds"] = time.perf_counter() - start
