@@ -121,3 +121,54 @@ def test_checkpoint_holds_every_rng_and_position(tmp_path):
     for key in ("model", "objective", "optimizer", "scheduler", "scaler", "progress"):
         assert key in state
     assert state["progress"]["count"] == 3
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL inside the process (nothing after it runs)."""
+
+
+def test_kill_between_epoch_checkpoint_and_log_line(tmp_path, reference, monkeypatch):
+    """The epoch-2 checkpoint is on disk but its metrics line is not: resume logs it."""
+    from debiascl.train.logging import RunLogger
+
+    ref_tensors, ref_metrics = reference["simclr_infonce"]
+    real_epoch = RunLogger.epoch
+
+    def dying_epoch(self, record):
+        if record["epoch"] == 2:
+            raise _Killed
+        real_epoch(self, record)
+
+    monkeypatch.setattr(RunLogger, "epoch", dying_epoch)
+    with pytest.raises(_Killed):
+        run(tmp_path)
+    monkeypatch.setattr(RunLogger, "epoch", real_epoch)
+    assert len(metrics(tmp_path)) == 1
+    assert ckpt.list_checkpoints(tmp_path / "checkpoints")[-1].name == "epoch0002-step00000016.pt"
+    resumed = run(tmp_path, ["checkpoint.resume=latest"])
+    assert_identical(tensors_of(resumed), ref_tensors)
+    assert metrics(tmp_path) == ref_metrics
+
+
+def test_torn_and_extra_metrics_lines_are_repaired_on_resume(tmp_path, reference):
+    """Records beyond the resumed checkpoint (and a line torn by a kill) are dropped."""
+    ref_tensors, ref_metrics = reference["simclr_infonce"]
+    run_until_signal(tmp_path, 10)
+    with (tmp_path / "metrics.jsonl").open("a") as fh:
+        fh.write('{"epoch": 2, "step": 16, "loss": 1.0}\n{"epoch": 3, "st')
+    resumed = run(tmp_path, ["checkpoint.resume=latest"])
+    assert_identical(tensors_of(resumed), ref_tensors)
+    assert metrics(tmp_path) == ref_metrics
+
+
+def test_best_checkpoint_has_the_lowest_epoch_loss(tmp_path):
+    trainer = run(tmp_path, ["checkpoint.keep_last=1"])
+    losses = [r["loss"] for r in metrics(tmp_path)]
+    best = ckpt.load_checkpoint(tmp_path / "checkpoints" / ckpt.BEST_NAME)
+    assert best["epoch"] == 1 + losses.index(min(losses))
+    assert best["best_loss"] == min(losses)
+    # keep_last=1: only the newest periodic checkpoint remains, best.pt survives pruning
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [
+        "epoch0003-step00000024.pt"
+    ]
+    assert trainer.best_loss == min(losses)

@@ -1,0 +1,211 @@
+"""Atomic writes, checkpoint files, fingerprints, RNG capture and the mid-epoch skip sampler."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+
+import numpy as np
+import pytest
+import torch
+
+from debiascl.config import load_config
+from debiascl.data.build import EpochShuffleSampler, make_loader
+from debiascl.errors import CheckpointError, TrainingError
+from debiascl.train import atomic
+from debiascl.train import checkpoint as ckpt
+from debiascl.train.resume import SkipFirstSampler, make_resumable
+
+
+# ------------------------------------------------------------------ atomic writes
+def test_write_fsyncs_the_file_then_renames_then_fsyncs_the_directory(tmp_path, monkeypatch):
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic.atomic_write(tmp_path / "f.bin", lambda fh: (events.append("write"), fh.write(b"x")))
+    assert events == ["write", "fsync-file", "rename", "fsync-dir"]
+    assert (tmp_path / "f.bin").read_bytes() == b"x"
+
+
+def test_disk_full_keeps_the_previous_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(b"previous")
+
+    def fill(fh):
+        fh.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(TrainingError, match="no space left on device; the previous file is"):
+        atomic.atomic_write(target, fill)
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_interrupt_during_write_removes_the_temporary(tmp_path):
+    def interrupted(fh):
+        fh.write(b"abc")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic.atomic_write(tmp_path / "x", interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_files_get_umask_permissions_not_private_ones(tmp_path):
+    old = os.umask(0o022)
+    os.umask(old)
+    atomic.atomic_write_text(tmp_path / "summary.json", "{}")
+    mode = stat.S_IMODE((tmp_path / "summary.json").stat().st_mode)
+    assert mode == 0o666 & ~atomic._UMASK
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    keep = [tmp_path / "epoch0001-step00000004.pt", tmp_path / ".hidden", tmp_path / "a.tmp"]
+    stale = [tmp_path / ".epoch0001-step00000008.pt.abc123.tmp", tmp_path / ".best.pt.link.tmp"]
+    for p in keep + stale:
+        p.write_bytes(b"x")
+    removed = atomic.remove_stale_temp_files(tmp_path)
+    assert sorted(removed) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
+def test_fault_delay_env_pauses_before_the_rename(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setenv(atomic.FAULT_DELAY_ENV, "0.01")
+    monkeypatch.setattr(atomic.time, "sleep", lambda s: seen.append(s))
+    atomic.atomic_write_text(tmp_path / "x", "y")
+    assert seen == [0.01]
+
+
+# ------------------------------------------------------------------ checkpoint files
+def _state(step: int) -> dict:
+    return {"model": {"w": torch.full((2,), float(step))}, "fingerprint": "f", "step": step}
+
+
+def test_keep_last_prunes_oldest_and_best_survives(tmp_path):
+    for step, best in ((4, True), (8, False), (12, False)):
+        ckpt.save_checkpoint(_state(step), tmp_path, ckpt.checkpoint_name(1, step), 2, best)
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
+    assert names == ["epoch0001-step00000008.pt", "epoch0001-step00000012.pt"]
+    assert ckpt.load_checkpoint(tmp_path / ckpt.BEST_NAME)["step"] == 4
+
+
+def test_listing_orders_by_step_then_epoch_and_ignores_other_files(tmp_path):
+    for name in [
+        "epoch0001-step00000021.pt",
+        "epoch0000-step00000021.pt",  # mid-epoch checkpoint at the same step: older
+        "epoch0000-step00000005.pt",
+        "best.pt",
+        ".epoch0002-step00000030.pt.x.tmp",
+        "notes.txt",
+    ]:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        "epoch0000-step00000005.pt",
+        "epoch0000-step00000021.pt",
+        "epoch0001-step00000021.pt",
+    ]
+
+
+def test_latest_falls_back_past_unreadable_files_and_fails_when_all_are(tmp_path):
+    directory = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(_state(4), directory, ckpt.checkpoint_name(1, 4), 5)
+    ckpt.save_checkpoint(_state(8), directory, ckpt.checkpoint_name(2, 8), 5)
+    (directory / ckpt.checkpoint_name(2, 8)).write_bytes(b"\x00" * 10)
+    path, state = ckpt.load_for_resume("latest", tmp_path)
+    assert path.name == ckpt.checkpoint_name(1, 4) and state["step"] == 4
+    (directory / ckpt.checkpoint_name(1, 4)).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="every checkpoint .* is unreadable"):
+        ckpt.load_for_resume("latest", tmp_path)
+
+
+def test_fingerprint_mismatch_is_never_skipped_by_latest(tmp_path):
+    directory = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(_state(4), directory, ckpt.checkpoint_name(1, 4), 5)
+    with pytest.raises(CheckpointError, match="different config or data size"):
+        ckpt.load_for_resume("latest", tmp_path, expected_fingerprint="other")
+
+
+# ------------------------------------------------------------------ fingerprints
+@pytest.mark.parametrize(
+    ("override", "changes"),
+    [
+        ("model.width=12", True),
+        ("data.image_size=16", True),
+        ("data.train_size=100", True),
+        ("loss.temperature=0.5", True),
+        ("negatives.name=glofnd", True),
+        ("optim.lr=0.01", True),
+        ("train.batch_size=32", True),
+        ("train.epochs=7", False),
+        ("train.max_steps=3", False),
+        ("data.num_workers=2", False),
+        ("data.on_bad_image=skip", False),
+        ("eval.knn_k=5", False),
+        ("checkpoint.keep_last=9", False),
+        ("negatives.reset_on_resume=true", False),
+    ],
+)
+def test_fingerprint_covers_what_must_match(override, changes):
+    base = load_config("digits_simclr")
+    other = load_config("digits_simclr", [override])
+    assert (ckpt.config_fingerprint(base, 100) != ckpt.config_fingerprint(other, 100)) == changes
+    assert ckpt.config_fingerprint(base, 100) != ckpt.config_fingerprint(base, 101)
+
+
+# ------------------------------------------------------------------ RNG
+def test_rng_capture_restores_torch_numpy_and_python(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.normal()  # leaves a cached Gaussian in numpy's state
+    state = ckpt.capture_rng()
+    torch.save(state, tmp_path / "rng.pt")
+    want = (torch.rand(3), np.random.normal(size=3), random.random())
+    ckpt.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (torch.rand(3), np.random.normal(size=3), random.random())
+    assert torch.equal(want[0], got[0])
+    assert np.array_equal(want[1], got[1])
+    assert want[2] == got[2]
+
+
+# ------------------------------------------------------------------ mid-epoch skip
+def test_skip_first_sampler_continues_the_same_permutation_once():
+    base = EpochShuffleSampler(20, seed=5)
+    sampler = SkipFirstSampler(base)
+    sampler.set_epoch(3)
+    full = list(iter(base))
+    sampler.skip_next(7)
+    assert list(iter(sampler)) == full[7:]
+    assert list(iter(sampler)) == full  # one-shot
+
+
+def test_make_resumable_keeps_loader_length_and_skips_whole_batches():
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 50
+
+        def __getitem__(self, i):
+            return {"index": i}
+
+    loader = make_loader(Rows(), 8, train=True, seed=0)
+    skipper = make_resumable(loader)
+    assert make_resumable(loader) is skipper
+    assert len(loader) == 6
+    loader.sampler.set_epoch(1)
+    full = [b["index"].tolist() for b in loader]
+    skipper.skip_next(2 * 8)
+    assert [b["index"].tolist() for b in loader] == full[2:]
