@@ -38,6 +38,9 @@ class MiniLMTextEncoder(nn.Module):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a local model
 
         path = minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
