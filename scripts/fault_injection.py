@@ -104,11 +104,11 @@ def _check_readable(run_dir: Path) -> tuple[int, list[str]]:
     return len(files), bad
 
 
-def _temp_file_present(run_dir: Path) -> bool:
+def _temp_files(run_dir: Path) -> set[str]:
     directory = run_dir / "checkpoints"
     if not directory.is_dir():
-        return False
-    return any(is_temp_file(p) for p in directory.iterdir())
+        return set()
+    return {p.name for p in directory.iterdir() if is_temp_file(p)}
 
 
 def _final_state(run_dir: Path) -> dict[str, Any]:
@@ -161,15 +161,20 @@ def run_fault_injection(
             text=True,
         )
         killed = False
+        # Temporaries left by the previous kill are stale (the new process deletes them); only a
+        # new one (mkstemp names are unique) means this process is writing a checkpoint now.
+        stale = _temp_files(run_dir)
+
+        def writing(stale: set[str] = stale) -> bool:
+            return bool(_temp_files(run_dir) - stale)
+
         if survived < kills:
             aim_at_write = survived % 2 == 1
             deadline = time.perf_counter() + rng.uniform(0.1, 1.0) * duration
             while proc.poll() is None:
                 now = time.perf_counter()
-                if (aim_at_write and _temp_file_present(run_dir)) or (
-                    not aim_at_write and now >= deadline
-                ):
-                    in_write = _temp_file_present(run_dir)
+                if (aim_at_write and writing()) or (not aim_at_write and now >= deadline):
+                    in_write = writing()
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
                     killed = True
