@@ -148,70 +148,78 @@ def run_fault_injection(
 
     survived = during_write = unreadable_events = 0
     problems: list[str] = []
-    finished = False
+    rounds: list[tuple[bool, bool]] = []  # (final state identical, epoch log identical)
     attempt = 0
-    while not finished:
-        attempt += 1
-        resume = bool(ckpt.list_checkpoints(run_dir / "checkpoints"))
-        proc = subprocess.Popen(
-            _command(config, run_dir, overrides, resume=resume),
-            env=_env(write_delay),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        killed = False
-        # Temporaries left by the previous kill are stale (the new process deletes them); only a
-        # new one (mkstemp names are unique) means this process is writing a checkpoint now.
-        stale = _temp_files(run_dir)
-
-        def writing(stale: set[str] = stale) -> bool:
-            return bool(_temp_files(run_dir) - stale)
-
-        if survived < kills:
-            aim_at_write = survived % 2 == 1
-            deadline = time.perf_counter() + rng.uniform(0.1, 1.0) * duration
-            while proc.poll() is None:
-                now = time.perf_counter()
-                if (aim_at_write and writing()) or (not aim_at_write and now >= deadline):
-                    in_write = writing()
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    killed = True
-                    survived += 1
-                    during_write += int(in_write)
-                    break
-                time.sleep(0.005)
-        _, stderr = proc.communicate()
-        if killed:
-            count, bad = _check_readable(run_dir)
-            if bad:
-                unreadable_events += 1
-                problems.extend(bad)
-            log(
-                f"kill {survived}: {'during a checkpoint write' if in_write else 'at random'}; "
-                f"{count} checkpoint(s) on disk, {len(bad)} unreadable"
+    # A round trains one faulty run to completion. When a run completes before all kills were
+    # made (a late kill landed after its last checkpoint), a new round starts from scratch.
+    while survived < kills and not problems:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        finished = False
+        while not finished:
+            attempt += 1
+            resume = bool(ckpt.list_checkpoints(run_dir / "checkpoints"))
+            proc = subprocess.Popen(
+                _command(config, run_dir, overrides, resume=resume),
+                env=_env(write_delay),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
-            continue
-        if proc.returncode != 0:
-            problems.append(f"attempt {attempt} exited {proc.returncode}: {stderr.strip()}")
-            break
-        finished = True
+            killed = in_write = False
+            # Temporaries left by the previous kill are stale (the new process deletes them);
+            # only a new one (mkstemp names are unique) means a checkpoint is being written.
+            stale = _temp_files(run_dir)
 
-    identical = metrics_equal = False
-    if finished:
-        got, want = _final_state(run_dir), _final_state(ref_dir)
-        identical = _equal(got, want)
-        metrics_equal = _metrics(run_dir) == _metrics(ref_dir)
-        if not identical:
-            problems.append("final checkpoint differs from the uninterrupted run")
-        if not metrics_equal:
-            problems.append("metrics.jsonl differs from the uninterrupted run")
-    ok = finished and identical and metrics_equal and unreadable_events == 0 and not problems
+            def writing(stale: set[str] = stale) -> bool:
+                return bool(_temp_files(run_dir) - stale)
+
+            if survived < kills:
+                aim_at_write = survived % 2 == 1
+                deadline = time.perf_counter() + rng.uniform(0.1, 1.0) * duration
+                while proc.poll() is None:
+                    now = time.perf_counter()
+                    if (aim_at_write and writing()) or (not aim_at_write and now >= deadline):
+                        in_write = writing()
+                        proc.send_signal(signal.SIGKILL)
+                        proc.wait()
+                        killed = True
+                        survived += 1
+                        during_write += int(in_write)
+                        break
+                    time.sleep(0.005)
+            _, stderr = proc.communicate()
+            if killed:
+                count, bad = _check_readable(run_dir)
+                if bad:
+                    unreadable_events += 1
+                    problems.extend(bad)
+                where = "during a checkpoint write" if in_write else "not during a write"
+                log(
+                    f"kill {survived} (round {len(rounds) + 1}): {where}; {count} checkpoint(s) "
+                    f"on disk, {len(bad)} unreadable"
+                )
+                continue
+            if proc.returncode != 0:
+                problems.append(f"attempt {attempt} exited {proc.returncode}: {stderr.strip()}")
+                break
+            finished = True
+        if finished:
+            got, want = _final_state(run_dir), _final_state(ref_dir)
+            rounds.append((_equal(got, want), _metrics(run_dir) == _metrics(ref_dir)))
+            log(f"round {len(rounds)} completed: identical={rounds[-1]}")
+
+    identical = bool(rounds) and all(r[0] for r in rounds)
+    metrics_equal = bool(rounds) and all(r[1] for r in rounds)
+    if rounds and not identical:
+        problems.append("a final checkpoint differs from the uninterrupted run")
+    if rounds and not metrics_equal:
+        problems.append("a metrics.jsonl differs from the uninterrupted run")
+    ok = identical and metrics_equal and unreadable_events == 0 and not problems
     return {
         "ok": ok,
         "kills": survived,
         "during_write": during_write,
+        "rounds": len(rounds),
         "unreadable": unreadable_events,
         "identical": identical,
         "metrics_equal": metrics_equal,
@@ -234,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"survived {result['kills']} SIGKILLs ({result['during_write']} during a checkpoint "
-        f"write); unreadable checkpoints: {result['unreadable']}; final state identical to the "
-        f"uninterrupted run: {result['identical']}; epoch log identical: "
-        f"{result['metrics_equal']}"
+        f"write) over {result['rounds']} completed run(s); unreadable checkpoints: "
+        f"{result['unreadable']}; final state identical to the uninterrupted run: "
+        f"{result['identical']}; epoch log identical: {result['metrics_equal']}"
     )
     for problem in result["problems"]:
         print(f"PROBLEM: {problem}")

@@ -35,6 +35,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     assert result["problems"] == [], result
     assert result["kills"] == 2, lines
     assert result["during_write"] >= 1, lines  # the second kill waits for a temporary file
+    assert result["rounds"] >= 1
     assert result["unreadable"] == 0
     assert result["identical"] and result["metrics_equal"]
     assert result["ok"]

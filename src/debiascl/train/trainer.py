@@ -422,14 +422,17 @@ class Trainer:
         """
         size = 0 if batch is None else int(batch["index"].shape[0])
         flags = torch.tensor(
-            [float(size == self.local_batch), -float(self._stop_signal is not None)],
+            [float(size == self.local_batch), -float(self._stop_signal or 0)],
             device=self.device,
         )
         if dist_utils.is_distributed():
             import torch.distributed as dist
 
             dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-        return bool(flags[0].item() > 0), bool(flags[1].item() < 0)
+        signum = int(-flags[1].item())
+        if signum:
+            self._stop_signal = signum  # every rank reports the signal some rank received
+        return bool(flags[0].item() > 0), signum > 0
 
     def _batch_complete(self, batch: dict[str, Any] | None) -> bool:
         return self._sync_flags(batch)[0]
@@ -450,18 +453,19 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def _prepare_run_dir(self) -> None:
+        """Refuse a fresh run over an earlier run's checkpoints (every rank decides alike)."""
         ckpt_dir = self.run_dir / "checkpoints"
+        existing = ckpt.list_checkpoints(ckpt_dir)
+        if existing and not self.cfg.checkpoint.resume and not self.cfg.checkpoint.overwrite:
+            raise CheckpointError(
+                f"run directory {self.run_dir} already holds checkpoints "
+                f"({existing[-1].name}); continue it with --resume latest, choose "
+                "another --run-dir, or set checkpoint.overwrite=true to start over"
+            )
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(ckpt_dir)
-            existing = ckpt.list_checkpoints(ckpt_dir)
-            if existing and not self.cfg.checkpoint.resume:
-                if not self.cfg.checkpoint.overwrite:
-                    raise CheckpointError(
-                        f"run directory {self.run_dir} already holds checkpoints "
-                        f"({existing[-1].name}); continue it with --resume latest, choose "
-                        "another --run-dir, or set checkpoint.overwrite=true to start over"
-                    )
+            if existing and not self.cfg.checkpoint.resume:  # overwrite=true
                 for old in [*existing, ckpt_dir / ckpt.BEST_NAME, self.run_dir / "metrics.jsonl"]:
                     old.unlink(missing_ok=True)
         dist_utils.barrier()
