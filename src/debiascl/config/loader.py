@@ -76,7 +76,10 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or "parse error"
+            raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path} must contain a mapping at the top level")
         raw = loaded or {}

@@ -220,7 +220,10 @@ class ManifestDataset(SampleDataset):
         ids = None
         if id_column is not None:
             raw = df[id_column]
-            if bool(raw.isna().any()) or not np.issubdtype(raw.dtype, np.integer):
+            # pandas extension dtypes (StringDtype, Int64) are not numpy dtypes: ask pandas.
+            from pandas.api.types import is_integer_dtype
+
+            if bool(raw.isna().any()) or not is_integer_dtype(raw.dtype):
                 raise DataError(
                     f"id column {id_column!r} of {source} must hold integers in every row "
                     f"(got dtype {raw.dtype}); fix it or unset data.id_column to use row order"
