@@ -55,8 +55,9 @@ def test_clip_run_reports_zero_shot_and_retrieval(tmp_path: Path) -> None:
         ["loss.name=sogclr", "negatives.name=glofnd", "negatives.init=batch_quantile"],
         ["negatives.name=fnc"],
         ["loss.name=dcl", "loss.temperature=0.5"],
+        ["train.amp=bf16"],
     ],
-    ids=["sogclr+glofnd", "fnc", "dcl"],
+    ids=["sogclr+glofnd", "fnc", "dcl", "bf16-autocast"],
 )
 def test_methods_train_through_the_cli(tmp_path: Path, overrides: list[str]) -> None:
     run = tmp_path / "m"
