@@ -257,9 +257,7 @@ def _build(cfg: RunConfig, info: DatasetInfo, method: str) -> DebiasedLoss:
     loss.eta_report = {
         "source": source,
         "method": method,
-        **eta_summary(
-            table, info.texts, labels=info.labels, log_it=dist_utils.is_main_process()
-        ),
+        **eta_summary(table, info.texts, labels=info.labels, log_it=dist_utils.is_main_process()),
     }
     return loss
 
