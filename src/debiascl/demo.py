@@ -89,7 +89,13 @@ def run_demo(output_dir: Path, quick: bool = False, methods: list[str] | None = 
     references: dict[str, Any] = {}
     start = time.perf_counter()
     for i, (label, detector, overrides) in enumerate(chosen):
-        extra = [f"negatives.name={detector}", f"name={detector}", *overrides]
+        # a demo re-run replaces its earlier runs
+        extra = [
+            f"negatives.name={detector}",
+            f"name={detector}",
+            "checkpoint.overwrite=true",
+            *overrides,
+        ]
         if i > 0:
             extra.append("eval.references=false")
         cfg = load_config("fmnist_simclr", extra + (QUICK if quick else []))

@@ -45,6 +45,21 @@ _NAME = re.compile(r"^epoch(\d+)-step(\d+)\.pt$")
 
 
 # ------------------------------------------------------------------------- fingerprints
+# Settings that only affect evaluation or I/O: a resume or `debiascl eval` may change them.
+_DATA_FREE = {"num_workers", "root", "on_bad_image", "test_size", "test_manifest"}
+_FAIRNESS_AUDIT = {
+    "audit_attributes",
+    "intersections",
+    "audit_val_fraction",
+    "threshold_rule",
+    "bootstrap",
+    "ece_bins",
+    "few_shot_k",
+    "few_shot_seeds",
+    "leakage_probe",
+}
+
+
 def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     """One short hash per config part a resumed run must share with the saved one.
 
@@ -56,10 +71,10 @@ def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     """
     parts = {
         "model": cfg.model.model_dump(mode="json"),
-        "data": cfg.data.model_dump(mode="json", exclude={"num_workers", "root", "on_bad_image"}),
+        "data": cfg.data.model_dump(mode="json", exclude=_DATA_FREE),
         "loss": cfg.loss.model_dump(mode="json"),
         "negatives": cfg.negatives.model_dump(mode="json", exclude={"reset_on_resume"}),
-        "fairness": cfg.fairness.model_dump(mode="json"),
+        "fairness": cfg.fairness.model_dump(mode="json", exclude=_FAIRNESS_AUDIT),
         "optim": cfg.optim.model_dump(mode="json"),
         "batch_size": cfg.train.batch_size,
         "num_samples": num_samples,

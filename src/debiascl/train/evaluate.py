@@ -250,7 +250,7 @@ def evaluate_run_dir(
     cfg = load_config(str(config_path), [*(overrides or []), "checkpoint.resume=null"])
     trainer = Trainer(cfg, run_dir=run_dir)
     path = ckpt.resolve_resume(checkpoint or "latest", run_dir)
-    state = ckpt.load_checkpoint(path, trainer.fingerprint)
+    state = ckpt.load_checkpoint(path, trainer.fingerprint, trainer.fingerprint_parts)
     trainer.model.load_state_dict(state["model"])
     results = evaluate_model(trainer, references=cfg.eval.references)
     results["checkpoint"] = str(path)
