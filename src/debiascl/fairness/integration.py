@@ -10,8 +10,16 @@ The trainer (``debiascl.train.trainer``) calls::
 
 ``a``/``b`` are the two embeddings of the contrastive step (image/text in ``image_text`` mode, two
 views in ``image_image`` mode). ``fairness.on`` picks what the adversary sees: ``image`` (``a``;
-both views in ``image_image`` mode) or ``text`` (``b``, ``image_text`` only). Attributes come from
-``batch["attrs"]`` ((b, n_attr) codes, -1 missing) by the column names of the data.
+both views in ``image_image`` mode), ``text`` (``b``, ``image_text`` only) or ``feature`` (the
+pre-projection backbone feature of the image tower). Attributes come from ``batch["attrs"]``
+((b, n_attr) codes, -1 missing) by the column names of the data.
+
+``fairness.on=feature`` needs no trainer change: the adapter registers a forward hook on
+``model.encoder`` (the image backbone of both model kinds) that keeps the output of the latest
+forward pass run with gradients enabled, i.e. the training step's backbone feature of the batch
+whose embeddings ``a``/``b`` the trainer passes in (both views concatenated in ``image_image``
+mode, matching the row order of ``torch.cat([a, b])``). The feature is used once and dropped.
+It is not L2-normalised: the projection head reads the raw feature, and so does the leakage probe.
 
 Alternating: ``training_term`` first runs ``fairness.disc_steps`` discriminator steps on the
 detached embeddings (own Adam, ``fairness.lr``), then returns the encoder term, so the order is
@@ -34,7 +42,7 @@ from torch.nn import functional as F
 
 from debiascl import distributed
 from debiascl.config.schema import RunConfig
-from debiascl.errors import ConfigError, DataError
+from debiascl.errors import ConfigError, DataError, TrainingError
 from debiascl.fairness.adversary import AdversarialFairness
 from debiascl.fairness.adversary import build_adversary as _build_core
 
@@ -50,6 +58,7 @@ class TrainerAdversary(nn.Module):
         mode: str,
         own_reversal_step: bool = False,
         normalize: bool = False,
+        feature_source: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.normalize = normalize
@@ -60,6 +69,14 @@ class TrainerAdversary(nn.Module):
         self.own_reversal_step = own_reversal_step
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
+        self._feature: torch.Tensor | None = None
+        self._hook = None
+        if on == "feature":
+            if feature_source is None:
+                raise ConfigError(
+                    "fairness.on=feature needs the model's image backbone (model.encoder)"
+                )
+            self._hook = feature_source.register_forward_hook(self._keep_feature)
         if core.method == "reversal" and not own_reversal_step and distributed.is_distributed():
             # the discriminator is outside DDP: average its gradients here, in backward order
             # (identical on every rank, since every rank runs the same discriminator graph)
@@ -69,6 +86,17 @@ class TrainerAdversary(nn.Module):
     @property
     def discriminator(self) -> nn.Module:
         return self.core.discriminator
+
+    def _keep_feature(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        # only training forwards (gradients on) feed the adversary; evaluation passes do not
+        if torch.is_grad_enabled():
+            self._feature = output
+
+    def remove_hook(self) -> None:
+        """Detach the ``fairness.on=feature`` forward hook from the backbone."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     def _inputs(
         self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any]
@@ -83,6 +111,19 @@ class TrainerAdversary(nn.Module):
         if attrs.ndim == 1:
             attrs = attrs[:, None]
         attrs = attrs[:, self.columns].to(a.device)
+        if self.on == "feature":
+            feat, self._feature = self._feature, None
+            rows = a.shape[0] * (2 if self.mode == "image_image" else 1)
+            if feat is None or feat.ndim != 2 or feat.shape[0] != rows:
+                raise TrainingError(
+                    "fairness.on=feature found no backbone feature of this batch (expected "
+                    f"{rows} rows from model.encoder's forward pass); run the model forward "
+                    "with gradients enabled before training_term"
+                )
+            feat = feat.float()
+            if self.mode == "image_image":
+                return feat, torch.cat([attrs, attrs])
+            return feat, attrs
         if self.normalize:  # the direction is what the cosine loss and zero-shot use
             a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
         if self.on == "text":
@@ -117,6 +158,17 @@ class TrainerAdversary(nn.Module):
             self.core.step()
         return {}
 
+    def log_state(self) -> dict[str, dict[str, float]]:
+        """Copy of the epoch's running log sums (saved in mid-epoch checkpoints)."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_log_state(self, state: Mapping[str, Mapping[str, float]]) -> None:
+        """Restore sums saved by :meth:`log_state`."""
+        self._sums.clear()
+        self._sums.update(state.get("sums", {}))
+        self._counts.clear()
+        self._counts.update({k: int(v) for k, v in state.get("counts", {}).items()})
+
     def epoch_logs(self) -> dict[str, float]:
         """Means over the epoch's steps of the adversary logs; resets the accumulators."""
         out = {f"{k}_epoch": self._sums[k] / self._counts[k] for k in self._sums}
@@ -141,10 +193,10 @@ def build_adversary(
     fc = cfg.fairness
     if not fc.enabled:
         return None
-    if fc.on == "feature":
+    if fc.on == "feature" and not isinstance(getattr(model, "encoder", None), nn.Module):
         raise ConfigError(
-            "fairness.on=feature (pre-projection features) needs a model hook that is not "
-            "available yet; use fairness.on=image or text"
+            "fairness.on=feature needs a model with an image backbone at model.encoder; use "
+            "fairness.on=image or text"
         )
     if fc.on == "text" and cfg.data.mode != "image_text":
         raise ConfigError("fairness.on=text needs data.mode=image_text")
@@ -158,10 +210,31 @@ def build_adversary(
             classes[name] = max(2, int(data.train.attrs[:, j].max()) + 1)
         else:
             classes[name] = 2
-    core = _build_core(fc, cfg.model.embed_dim, classes)
+    in_dim = cfg.model.embed_dim
+    if fc.on == "feature":
+        in_dim = int(getattr(model.encoder, "feature_dim", 0)) or _probe_feature_dim(model, cfg)
+    core = _build_core(fc, in_dim, classes)
     assert core is not None
     columns = [names.index(a) for a in fc.attributes]
     normalize = bool(getattr(fc, "normalize", False))
     return TrainerAdversary(
-        core, columns, fc.on, cfg.data.mode, own_reversal_step, normalize=normalize
+        core,
+        columns,
+        fc.on,
+        cfg.data.mode,
+        own_reversal_step,
+        normalize=normalize,
+        feature_source=model.encoder if fc.on == "feature" else None,
     ).to(device)
+
+
+@torch.no_grad()
+def _probe_feature_dim(model: nn.Module, cfg: RunConfig) -> int:
+    """Backbone feature width from one dummy forward (encoders without ``feature_dim``)."""
+    p = next(model.encoder.parameters())
+    size = cfg.data.image_size
+    was = model.encoder.training
+    model.encoder.eval()
+    out = model.encoder(torch.zeros(1, cfg.data.channels, size, size, device=p.device))
+    model.encoder.train(was)
+    return int(out.shape[-1])

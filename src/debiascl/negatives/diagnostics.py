@@ -32,6 +32,14 @@ class DetectionStats:
     def __init__(self) -> None:
         self.reset()
 
+    def state(self) -> torch.Tensor:
+        """Copy of the epoch's running sums (saved in mid-epoch checkpoints)."""
+        return self._sums.clone()
+
+    def load_state(self, sums: torch.Tensor) -> None:
+        """Restore sums saved by :meth:`state`, so a resumed epoch logs the same numbers."""
+        self._sums = sums.clone().to(torch.float64)
+
     def reset(self) -> None:
         self._sums = torch.zeros(len(self._KEYS), dtype=torch.float64)
 

@@ -255,18 +255,11 @@ class Trainer:
         gen = getattr(self.train_loader, "generator", None)
         return gen.get_state() if gen is not None else None
 
-    def _stats_state(self) -> torch.Tensor | None:
-        # DetectionStats keeps its epoch sums in a plain tensor (not a buffer).
-        stats = getattr(self.objective, "stats", None)
-        sums = getattr(stats, "_sums", None)
-        return sums.clone() if isinstance(sums, torch.Tensor) else None
+    def _stats_state(self) -> torch.Tensor:
+        return self.objective.stats.state()
 
     def _adversary_log_state(self) -> dict[str, Any] | None:
-        sums = getattr(self.adversary, "_sums", None)
-        counts = getattr(self.adversary, "_counts", None)
-        if sums is None or counts is None:
-            return None
-        return {"sums": dict(sums), "counts": dict(counts)}
+        return self.adversary.log_state() if self.adversary is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically from the current step boundary."""
@@ -333,17 +326,12 @@ class Trainer:
             nonfinite=int(prog.get("nonfinite", 0)),
             seconds=float(prog.get("seconds", 0.0)),
         )
-        stats = getattr(self.objective, "stats", None)
         saved_sums = prog.get("detection")
-        if saved_sums is not None and isinstance(getattr(stats, "_sums", None), torch.Tensor):
-            stats._sums = saved_sums.clone()  # type: ignore[union-attr]
+        if saved_sums is not None:
+            self.objective.stats.load_state(saved_sums)
         adv_logs = prog.get("adversary_logs")
         if adv_logs is not None and self.adversary is not None:
-            for name in ("sums", "counts"):
-                target = getattr(self.adversary, f"_{name}", None)
-                if target is not None:
-                    target.clear()
-                    target.update(adv_logs[name])
+            self.adversary.load_log_state(adv_logs)
         self.best_loss = float(state.get("best_loss", math.inf))
         self.last_record = dict(state.get("last_record") or {})
         ckpt.restore_rng(state["rng"])
