@@ -39,6 +39,7 @@ STUDIES: dict[str, list[str]] = {
         "fmnist_ssd_constant",
         "fmnist_ssd_corpus",
         "fmnist_ssd_corpus_scaled",
+        "fmnist_ssd_corpus5",
     ],
 }
 
@@ -66,9 +67,9 @@ def _get(tree: dict[str, Any], path: str) -> float:
     return float(node) if isinstance(node, int | float) else math.nan
 
 
-def _last_epoch(run_dir: Path) -> dict[str, Any]:
+def _epochs(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text().strip().splitlines()
-    return json.loads(lines[-1])
+    return [json.loads(line) for line in lines]
 
 
 def run_one(config: str, seed: int, run_dir: Path) -> None:
@@ -99,9 +100,12 @@ def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
             if not (run_dir / "summary.json").exists():
                 continue
             summary = json.loads((run_dir / "summary.json").read_text())
-            last = _last_epoch(run_dir)
+            epochs = _epochs(run_dir)
+            last = epochs[-1]
             rec = {label: _get(summary, path) for label, path in METRICS[study]}
             diag = summary.get("fn_detection", {})
+            first = epochs[0].get("negatives/clamped_fraction")
+            rec["clamped fraction (epoch 1)"] = math.nan if first is None else float(first)
             rec["clamped fraction (last epoch)"] = float(diag.get("clamped_fraction", math.nan))
             rec["eta mean"] = float(diag.get("eta_mean", math.nan))
             rec["train seconds"] = float(summary.get("train_seconds", math.nan))
@@ -122,7 +126,13 @@ def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
     return result
 
 
-_RAW_KEYS = ("clamped fraction (last epoch)", "eta mean", "train seconds", "final loss")
+_RAW_KEYS = (
+    "clamped fraction (epoch 1)",
+    "clamped fraction (last epoch)",
+    "eta mean",
+    "train seconds",
+    "final loss",
+)
 
 
 def _markdown(study: str, rows: dict[str, Any]) -> str:
