@@ -33,8 +33,8 @@ class DetectionStats:
         self.reset()
 
     def state(self) -> torch.Tensor:
-        """Copy of the epoch's running sums (saved in mid-epoch checkpoints)."""
-        return self._sums.clone()
+        """Copy of the epoch's running sums on the CPU (saved in mid-epoch checkpoints)."""
+        return self._sums.detach().cpu().clone()
 
     def load_state(self, sums: torch.Tensor) -> None:
         """Restore sums saved by :meth:`state`, so a resumed epoch logs the same numbers."""
@@ -45,29 +45,36 @@ class DetectionStats:
 
     @torch.no_grad()
     def update(self, batch: PairwiseBatch, keep: torch.Tensor) -> None:
-        """Add one batch: ``keep`` (A, M) bool is the detector's mask."""
+        """Add one batch: ``keep`` (A, M) bool is the detector's mask.
+
+        Stays on the batch's device with no host synchronisation (the sums move to the CPU only
+        in :meth:`compute`).
+        """
         removed = batch.neg_mask & ~keep
-        n_removed = removed.sum(1)
-        values = torch.zeros(len(self._KEYS), dtype=torch.float64)
-        values[0] = float(n_removed.sum())
-        values[1] = float(batch.neg_mask.sum())
+        n_removed = removed.sum(1).double()
+        zero = n_removed.new_zeros(())
+        parts = [n_removed.sum(), batch.neg_mask.sum().double()]
         same = batch.same_label_mask()
-        if same is not None:
+        if same is None:
+            parts += [zero] * 6
+        else:
             hits = (removed & same).sum(1).double()
-            n_same = same.sum(1)
-            has_removed = n_removed > 0
-            has_same = n_same > 0
-            values[2] = float((hits[has_removed] / n_removed[has_removed]).sum())
-            values[3] = float(has_removed.sum())
-            values[4] = float((hits[has_same] / n_same[has_same]).sum())
-            values[5] = float(has_same.sum())
-            values[6] = float(n_same.sum())
-            values[7] = float(hits.sum())
-        self._sums += values
+            n_same = same.sum(1).double()
+            parts += [
+                (hits / n_removed.clamp_min(1)).sum(),  # rows with nothing removed add 0
+                (n_removed > 0).sum().double(),
+                (hits / n_same.clamp_min(1)).sum(),
+                (n_same > 0).sum().double(),
+                n_same.sum(),
+                hits.sum(),
+            ]
+        if self._sums.device != n_removed.device:
+            self._sums = self._sums.to(n_removed.device)
+        self._sums += torch.stack(parts)
 
     def compute(self) -> dict[str, float]:
         """Reduce over ranks and return removed_fraction and, with labels, precision/recall/F1."""
-        s = dist_utils.all_reduce_sum(self._sums)
+        s = dist_utils.all_reduce_sum(self._sums).cpu()
         out = {"removed_fraction": float(s[0] / s[1]) if s[1] > 0 else 0.0}
         if s[5] > 0:
             precision = float(s[2] / s[3]) if s[3] > 0 else float("nan")
