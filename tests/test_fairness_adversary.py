@@ -247,3 +247,159 @@ def test_trainer_adapter_maps_batches_and_orders_steps():
         adv.training_term(a, b, {}, StepContext())
     state = adv.state_dict()
     assert any(k.endswith("_extra_state") for k in state)
+
+
+def test_feature_hook_feeds_backbone_features_to_the_adversary():
+    """fairness.on=feature: D sees model.encoder's output; gradient reaches the backbone only
+    through that feature (the head is not in the adversarial path); eval passes are ignored."""
+    from debiascl.config.schema import RunConfig
+    from debiascl.errors import TrainingError
+    from debiascl.fairness.integration import build_adversary as build_for_trainer
+    from debiascl.models.clip import SimCLRModel
+    from debiascl.objectives.context import StepContext
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Linear(5, 4)
+    backbone.feature_dim = 4
+    model = SimCLRModel(backbone, torch.nn.Linear(4, 3))
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"mode": "image_image", "attribute_columns": ["sex"]},
+            "model": {"embed_dim": 3},
+            "fairness": {"enabled": True, "attributes": ["sex"], "on": "feature",
+                         "method": "alternating", "disc_layers": 0},
+        }
+    )  # fmt: skip
+    adv = build_for_trainer(cfg, model, "cpu")
+    assert adv.discriminator.heads["sex"].in_features == 4  # backbone width, not embed_dim
+    x1, x2 = torch.randn(6, 5), torch.randn(6, 5)
+    with torch.no_grad():
+        model(torch.randn(6, 5))  # evaluation pass: must not be picked up
+    with pytest.raises(TrainingError, match="no backbone feature"):
+        adv.training_term(torch.zeros(6, 3), torch.zeros(6, 3), {"attrs": torch.zeros(6, 1)},
+                          StepContext())  # fmt: skip
+    z = model(torch.cat([x1, x2]))
+    a, b = z.chunk(2)
+    attrs = torch.tensor([[0], [1], [0], [1], [-1], [1]])
+    term, logs = adv.training_term(a, b, {"attrs": attrs}, StepContext(epoch=0))
+    assert logs["adv/sex/labelled"] == 10  # both views, row 4 missing
+    term.backward()
+    assert model.head.weight.grad is None  # the head is not on the adversary's path
+    assert model.encoder.weight.grad is not None
+    # the same value computed by hand from the backbone output with the current D
+    with torch.no_grad():  # (a no-grad pass, so the hook ignores it)
+        feats = backbone(torch.cat([x1, x2]))
+    assert adv._feature is None  # used once, then dropped
+    t = torch.cat([attrs, attrs])[:, 0]
+    logp = F.log_softmax(adv.discriminator(feats)["sex"][t >= 0], -1)
+    assert torch.allclose(term, (-logp.mean(-1) - math.log(2)).mean(), atol=1e-6)
+    adv.remove_hook()
+    model(torch.cat([x1, x2]))
+    assert adv._feature is None
+
+
+def test_standardised_discriminator_ignores_rescaling_and_linear_option():
+    """disc_standardize: D's output does not change when the encoder rescales or shifts z, so
+    shrinking the attribute direction cannot fool it; disc_layers=0 is a linear D."""
+    torch.manual_seed(0)
+    adv = AdversarialFairness(8, SPECS, hidden_dim=6, standardize=True).double()
+    z, _ = _batch()
+    scale = torch.rand(8, dtype=torch.float64) * 0.5 + 0.2  # per-coordinate shrinking
+    out1 = adv.discriminator(z)["sex"]
+    out2 = adv.discriminator(z * scale + 3.0)["sex"]
+    assert torch.allclose(out1, out2, atol=1e-3)
+    # reference: the MLP on z standardised by hand with the batch mean and biased variance
+    zs = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-5)
+    h = adv.discriminator.trunk[1:](zs)
+    assert torch.allclose(out1, adv.discriminator.heads["sex"](h), atol=1e-10)
+    plain = AdversarialFairness(8, SPECS, hidden_dim=6).double()
+    assert not torch.allclose(plain.discriminator(z)["sex"], plain.discriminator(z * scale)["sex"])
+    lin = AdversarialFairness(8, SPECS, layers=0).double()
+    assert len(lin.discriminator.trunk) == 0
+    w, b_ = lin.discriminator.heads["race"].weight, lin.discriminator.heads["race"].bias
+    assert torch.allclose(lin.discriminator(z)["race"], z @ w.T + b_)
+    cfg = FairnessConfig(enabled=True, attributes=["sex"], disc_standardize=True, disc_layers=0)
+    built = build_adversary(cfg, 8, {"sex": 2})
+    assert isinstance(built.discriminator.trunk[0], torch.nn.BatchNorm1d)
+
+
+def test_label_balance_table_makes_attribute_independent_of_class():
+    """table[y, a] = P(a) / P(a | y): the weighted joint factorises, checked against pandas."""
+    import numpy as np
+    import pandas as pd
+
+    from debiascl.fairness.adversary import label_balance_table
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    a = np.where(rng.random(400) < np.array([0.9, 0.5, 0.2])[y], 1, 0)
+    y[:5] = -1  # unlabelled rows are ignored
+    table = label_balance_table(torch.as_tensor(y), torch.as_tensor(a), 3, 2).double()
+    df = pd.DataFrame({"y": y, "a": a})[y >= 0]
+    joint = pd.crosstab(df.y, df.a, normalize=True).to_numpy()
+    p_a = joint.sum(0)
+    ref = p_a[None, :] / (joint / joint.sum(1, keepdims=True))
+    assert np.allclose(table.numpy(), ref)
+    w = table[torch.as_tensor(df.y.to_numpy()), torch.as_tensor(df.a.to_numpy())].numpy()
+    wj = pd.crosstab(df.y, df.a, values=w, aggfunc="sum").to_numpy()
+    wj /= wj.sum()
+    assert np.allclose(wj, np.outer(wj.sum(1), wj.sum(0)))  # independent under the weights
+    assert np.allclose(wj.sum(0), p_a)  # attribute marginal kept
+
+
+def test_sample_weights_enter_both_losses():
+    """Weighted CE / confusion equal weighted means written plainly; zero-weight rows are inert."""
+    adv = _adv()
+    z, attrs = _batch()
+    w = torch.rand(16, 2, dtype=torch.float64)
+    w[3] = 0.0
+    logs = adv.discriminator_step(z, attrs, w)
+    assert "adv/sex/disc_weighted_acc" in logs
+    out = adv.discriminator(z)
+    ref = 0.0
+    for j, spec in enumerate(SPECS):
+        keep = attrs[:, j] >= 0
+        logp = F.log_softmax(out[spec.name][keep], -1)
+        kl = -logp.mean(-1) - math.log(spec.num_classes)
+        ref = ref + (kl * w[keep, j]).sum() / w[keep, j].sum()
+    zz = z.clone().requires_grad_(True)
+    term, _ = adv.encoder_term(zz, attrs, 0.0, w)
+    assert torch.allclose(term, ref)
+    term.backward()
+    assert zz.grad[3].abs().sum() == 0 and zz.grad[4].abs().sum() > 0
+    with pytest.raises(DataError, match="sample_weights"):
+        adv.encoder_term(z, attrs, 0.0, torch.ones(16, 3))
+
+
+def test_trainer_adapter_balances_by_class_label():
+    """fairness.balance=label: the adapter looks up P(a)/P(a|y) of each row from the data."""
+    from types import SimpleNamespace
+
+    from debiascl.config.schema import RunConfig
+    from debiascl.fairness.integration import build_adversary as build_for_trainer
+    from debiascl.objectives.context import StepContext
+
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"mode": "image_text", "attribute_columns": ["sex"]},
+            "model": {"embed_dim": 4},
+            "fairness": {"enabled": True, "attributes": ["sex"], "balance": "label"},
+        }
+    )
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    sex = torch.tensor([1, 1, 1, 0, 0, 0, 0, 1])  # P(sex=1|y=0) = 3/4, P(sex=1|y=1) = 1/4
+    data = SimpleNamespace(
+        train=SimpleNamespace(labels=labels, attrs=sex[:, None]),
+        attr_names=["sex"],
+        attr_vocab={"sex": {"F": 0, "M": 1}},
+    )
+    adv = build_for_trainer(cfg, torch.nn.Identity(), "cpu", data)
+    batch = {"attrs": torch.tensor([[1], [0], [1], [-1]]), "label": torch.tensor([0, 0, 1, 1])}
+    w = adv._sample_weights(batch, batch["attrs"], 4)
+    # P(sex=1) = 1/2: weights 0.5/0.75, 0.5/0.25, 0.5/0.25, and 1 for the missing attribute
+    assert torch.allclose(w[:, 0], torch.tensor([2 / 3, 2.0, 2.0, 1.0]))
+    z = torch.randn(4, 4, requires_grad=True)
+    _term, logs = adv.training_term(z, z, batch, StepContext(epoch=0))
+    assert "adv/sex/disc_weighted_acc" in logs
+    with pytest.raises(DataError, match="class labels"):
+        adv.training_term(z, z, {"attrs": batch["attrs"]}, StepContext(epoch=0))

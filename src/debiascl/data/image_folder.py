@@ -10,21 +10,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from debiascl.data.datasets import SampleDataset
+from debiascl.data.image_files import ImageFileDataset
 from debiascl.data.images import (
     IMAGE_READERS,
-    BadImageHandler,
     BadImagePolicy,
     HighBitScaling,
     ImageReader,
-    read_image,
 )
 from debiascl.errors import ConfigError, DataError
 
 
-class ImageFolderDataset(SampleDataset):
+class ImageFolderDataset(ImageFileDataset):
     """Images in ``root/<class name>/...`` (files in nested folders count for their class).
 
     Args:
@@ -53,8 +50,7 @@ class ImageFolderDataset(SampleDataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"image folder {self.root} does not exist; check data.root")
-        self.readers = dict(readers or {})
-        suffixes = set(IMAGE_READERS) | set(self.readers)
+        suffixes = set(IMAGE_READERS) | set(readers or {})
         found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
         if class_names is None:
             class_names = found
@@ -84,11 +80,14 @@ class ImageFolderDataset(SampleDataset):
             )
         # Sort by the relative path so ids do not depend on class order or the file system.
         order = sorted(range(len(paths)), key=lambda i: paths[i].relative_to(self.root).as_posix())
-        self.paths = np.array([str(paths[i]) for i in order], dtype=object)
-        self.channels = channels
-        self.image_size = image_size
-        self.high_bit_scaling: HighBitScaling = high_bit_scaling
-        self.bad_images = BadImageHandler(on_bad_image)
+        self._init_files(
+            np.array([str(paths[i]) for i in order], dtype=object),
+            channels,
+            image_size,
+            readers,
+            high_bit_scaling,
+            on_bad_image,
+        )
         self._init_meta(
             len(order),
             [labels[i] for i in order],
@@ -98,21 +97,3 @@ class ImageFolderDataset(SampleDataset):
             None,
             class_names=list(class_names),
         )
-
-    @property
-    def num_skipped(self) -> int:
-        """Images skipped so far as unreadable (summed over DataLoader workers)."""
-        return self.bad_images.counter.value
-
-    def _load_image(self, row: int) -> torch.Tensor | None:
-        path = self.paths[row]
-        try:
-            return read_image(
-                path, self.channels, self.image_size, self.readers, self.high_bit_scaling
-            )
-        except Exception as err:
-            self.bad_images(path, row, err)
-            return None
-
-    def _select_storage(self, rows: np.ndarray) -> None:
-        self.paths = self.paths[rows]

@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from debiascl.data.datasets import SampleDataset
+from debiascl.data.image_files import ImageFileDataset
 from debiascl.data.images import (
-    BadImageHandler,
     BadImagePolicy,
     HighBitScaling,
     ImageReader,
-    read_image,
 )
 from debiascl.errors import ConfigError, DataError
 
@@ -110,7 +107,7 @@ def encode_column(
     return codes, table
 
 
-class ManifestDataset(SampleDataset):
+class ManifestDataset(ImageFileDataset):
     """Images listed in a CSV/Parquet manifest, read with Pillow (or a plugged-in reader).
 
     Args:
@@ -179,7 +176,7 @@ class ManifestDataset(SampleDataset):
                 f"{empty.size} rows of {source} have no image path in column {image_column!r} "
                 f"(first row {int(empty[0])}); fill or drop them"
             )
-        self.paths = np.array(
+        paths = np.array(
             [str(p if (p := Path(str(v))).is_absolute() else root / p) for v in raw_paths],
             dtype=object,
         )
@@ -230,11 +227,7 @@ class ManifestDataset(SampleDataset):
                 )
             ids = raw.to_numpy(dtype=np.int64)
 
-        self.channels = channels
-        self.image_size = image_size
-        self.readers = dict(readers or {})
-        self.high_bit_scaling: HighBitScaling = high_bit_scaling
-        self.bad_images = BadImageHandler(on_bad_image)
+        self._init_files(paths, channels, image_size, readers, high_bit_scaling, on_bad_image)
         try:
             self._init_meta(
                 n,
@@ -249,21 +242,3 @@ class ManifestDataset(SampleDataset):
             )
         except DataError as err:
             raise DataError(f"{source}: {err}") from None
-
-    @property
-    def num_skipped(self) -> int:
-        """Images skipped so far as unreadable (summed over DataLoader workers)."""
-        return self.bad_images.counter.value
-
-    def _load_image(self, row: int) -> torch.Tensor | None:
-        path = self.paths[row]
-        try:
-            return read_image(
-                path, self.channels, self.image_size, self.readers, self.high_bit_scaling
-            )
-        except Exception as err:
-            self.bad_images(path, row, err)
-            return None
-
-    def _select_storage(self, rows: np.ndarray) -> None:
-        self.paths = self.paths[rows]
