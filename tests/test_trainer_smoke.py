@@ -75,3 +75,22 @@ def test_methods_train_through_the_cli(tmp_path: Path, overrides: list[str]) -> 
     assert "negatives/removed_fraction" in record
     if "negatives.name=fnc" in overrides:
         assert record["negatives/removed_fraction"] > 0
+
+
+def test_ssd_run_writes_its_eta_summary(tmp_path: Path) -> None:
+    run = tmp_path / "ssd"
+    args = [
+        "train",
+        "digits_clip",
+        "--run-dir",
+        str(run),
+        "--no-eval",
+        "train.epochs=1",
+        "loss.name=ssd",
+        "loss.eta_source=corpus_lm",
+        f"loss.eta_cache_dir={tmp_path}",
+    ]
+    assert main(args) == 0
+    summary = json.loads((run / "eta_summary.json").read_text())
+    assert summary["method"] == "ssd" and summary["count"] == 1347
+    assert 0 <= summary["min"] <= summary["mean"] <= summary["max"] < 1

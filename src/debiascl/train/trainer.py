@@ -462,7 +462,17 @@ class Trainer:
         if self.is_main:
             text = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
             atomic_write_text(self.run_dir / "config.yaml", text)
+            self._write_artifacts()
         self.logger = RunLogger(self.run_dir, enabled=self.is_main)
+
+    def _write_artifacts(self) -> None:
+        """Files a method computes at build time (e.g. SSD's ``eta_summary.json``)."""
+        import json
+
+        for part in (self.objective.loss_fn, self.objective.detector):
+            artifacts = getattr(part, "artifacts", None)
+            for name, content in (artifacts() if callable(artifacts) else {}).items():
+                atomic_write_text(self.run_dir / name, json.dumps(content, indent=2) + "\n")
 
     def _trim_metrics(self) -> int:
         """Drop epoch records beyond the resumed checkpoint (they will be redone) and torn lines;
