@@ -178,7 +178,20 @@ class FairnessConfig(Section):
         "contrastive loss and zero-shot use), so the encoder cannot hide the attribute in the norm",
     )
     hidden_dim: int = Field(128, ge=1, description="discriminator MLP width")
-    disc_layers: int = Field(2, ge=1, description="hidden layers of the discriminator MLP")
+    disc_layers: int = Field(
+        2, ge=0, description="hidden layers of the discriminator MLP (0: a linear discriminator)"
+    )
+    disc_standardize: bool = Field(
+        False,
+        description="batch-standardise the discriminator's input, so the encoder cannot fool it "
+        "by shrinking the attribute direction (a standardising probe would still read it)",
+    )
+    balance: Literal["none", "label"] = Field(
+        "none",
+        description="'label': weight the adversary's samples by P(a)/P(a|y) (from the training "
+        "data's class labels) so the attribute is independent of the class in the weighted data; "
+        "the discriminator then cannot predict the attribute from class information",
+    )
     lr: float = Field(1e-3, gt=0, description="discriminator learning rate (own Adam)")
     disc_steps: int = Field(1, ge=1, description="discriminator steps per encoder step")
     warmup_epochs: float = Field(0, ge=0, description="epochs with adversarial weight 0")

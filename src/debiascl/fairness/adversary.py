@@ -65,18 +65,34 @@ def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- pure losses
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean CE over rows with ``target >= 0``; logits (n, K), target (n,). 0 if none labelled."""
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return values.mean()
+    weight = weight.to(values)
+    return (values * weight).sum() / weight.sum().clamp_min(torch.finfo(values.dtype).tiny)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean CE over rows with ``target >= 0``; logits (n, K), target (n,). 0 if none labelled.
+
+    ``weight`` (n,) >= 0: optional sample weights (a weighted mean over the labelled rows).
+    """
     keep = target >= 0
     if not bool(keep.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[keep], target[keep])
+    ce = F.cross_entropy(logits[keep], target[keep], reduction="none")
+    return _weighted_mean(ce, None if weight is None else weight[keep])
 
 
-def confusion_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def confusion_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean KL(uniform || softmax(logits)) over rows with ``target >= 0``; >= 0, 0 iff uniform.
 
-    logits (n, K); target (n,) only selects the labelled rows.
+    logits (n, K); target (n,) only selects the labelled rows; ``weight`` (n,) optional sample
+    weights.
     """
     keep = target >= 0
     if not bool(keep.any()):
@@ -86,7 +102,34 @@ def confusion_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         lg = lg.float()
     logp = F.log_softmax(lg, dim=-1)
     k = logits.shape[-1]
-    return (-logp.mean(dim=-1) - math.log(k)).mean()
+    kl = -logp.mean(dim=-1) - math.log(k)
+    return _weighted_mean(kl, None if weight is None else weight[keep])
+
+
+def label_balance_table(
+    labels: torch.Tensor, attrs: torch.Tensor, num_classes: int, num_values: int
+) -> torch.Tensor:
+    """(C, K) weights ``P(a) / P(a | y)`` from class labels (n,) and attribute codes (n,).
+
+    Weighting each labelled sample by ``table[y, a]`` makes the attribute independent of the
+    class in the weighted data (the weighted joint is ``P(y) P(a)``), so a discriminator cannot
+    predict the attribute from class information. Rows with a missing label or attribute (< 0)
+    are ignored; cells never observed get weight 0 (they never occur in training).
+    """
+    labels, attrs = torch.as_tensor(labels).long(), torch.as_tensor(attrs).long()
+    keep = (labels >= 0) & (attrs >= 0)
+    if bool((labels[keep] >= num_classes).any()) or bool((attrs[keep] >= num_values).any()):
+        raise DataError("label or attribute codes exceed the declared numbers of values")
+    counts = torch.zeros(num_classes, num_values, dtype=torch.float64)
+    ones = torch.ones(int(keep.sum()), dtype=torch.float64)
+    counts.index_put_((labels[keep], attrs[keep]), ones, accumulate=True)
+    total = counts.sum()
+    if total == 0:
+        raise DataError("no sample has both a class label and an attribute; cannot balance")
+    p_a = counts.sum(0) / total
+    p_a_given_y = counts / counts.sum(1, keepdim=True).clamp_min(1.0)
+    table = torch.where(counts > 0, p_a[None, :] / p_a_given_y.clamp_min(1e-12), 0.0)
+    return table.float()
 
 
 # ----------------------------------------------------------------------------- discriminator
@@ -99,7 +142,16 @@ class AttributeSpec:
 
 
 class Discriminator(nn.Module):
-    """MLP trunk + one linear head per attribute: z (n, D) -> {name: logits (n, K_name)}."""
+    """MLP trunk + one linear head per attribute: z (n, D) -> {name: logits (n, K_name)}.
+
+    ``standardize=True`` puts a parameter-free batch standardisation (``BatchNorm1d`` without
+    affine parameters, batch statistics in training mode) in front of the trunk. Without it the
+    encoder can "confuse" D by shrinking the spread of the embedding along the attribute
+    direction: D's fixed weights then see a weak signal, while any probe that standardises its
+    inputs (like the leakage probe) still reads the attribute perfectly. With it D is invariant to
+    such rescaling, so the encoder has to remove the information, not just shrink it.
+    ``layers=0`` gives a linear discriminator (heads directly on the input).
+    """
 
     def __init__(
         self,
@@ -107,9 +159,12 @@ class Discriminator(nn.Module):
         attributes: Sequence[AttributeSpec],
         hidden_dim: int = 128,
         layers: int = 2,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
+        if standardize:
+            blocks.append(nn.BatchNorm1d(in_dim, affine=False))
         d = in_dim
         for _ in range(layers):
             blocks += [nn.Linear(d, hidden_dim), nn.ReLU()]
@@ -160,6 +215,7 @@ class AdversarialFairness(nn.Module):
         hidden_dim, layers: discriminator MLP size.
         lr, weight_decay: discriminator optimiser (Adam), separate from the encoder's.
         disc_steps: discriminator steps per encoder step (alternating).
+        standardize: batch-standardise D's input (see :class:`Discriminator`).
         schedule, warmup_epochs, ramp_epochs: see :func:`adversarial_weight`.
 
     Trainer usage::
@@ -190,6 +246,7 @@ class AdversarialFairness(nn.Module):
         schedule: str = "constant",
         warmup_epochs: float = 0.0,
         ramp_epochs: float = 0.0,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         if not attributes:
@@ -214,7 +271,7 @@ class AdversarialFairness(nn.Module):
         self.schedule = schedule
         self.warmup_epochs = float(warmup_epochs)
         self.ramp_epochs = float(ramp_epochs)
-        self.discriminator = Discriminator(embed_dim, attributes, hidden_dim, layers)
+        self.discriminator = Discriminator(embed_dim, attributes, hidden_dim, layers, standardize)
         self.optimizer = torch.optim.Adam(
             self.discriminator.parameters(), lr=lr, weight_decay=weight_decay
         )
@@ -266,29 +323,49 @@ class AdversarialFairness(nn.Module):
                 )
         return cols
 
-    def _disc_loss(self, logits: dict, targets: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def _weights(self, sample_weights: torch.Tensor | None, n: int) -> dict:
+        if sample_weights is None:
+            return dict.fromkeys((a.name for a in self.attributes), None)
+        w = torch.as_tensor(sample_weights)
+        if w.ndim == 1:
+            w = w[:, None]
+        if w.shape != (n, len(self.attributes)) or bool((w < 0).any()):
+            raise DataError(
+                f"sample_weights has shape {tuple(w.shape)}; expected ({n}, "
+                f"{len(self.attributes)}) non-negative weights, one column per attribute"
+            )
+        return {a.name: w[:, j] for j, a in enumerate(self.attributes)}
+
+    def _disc_loss(
+        self, logits: dict, targets: dict, weights: dict | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         total = 0.0
         logs: dict[str, float] = {}
         for a in self.attributes:
             lg, t = logits[a.name], targets[a.name].to(logits[a.name].device)
-            ce = masked_cross_entropy(lg, t)
+            ce = masked_cross_entropy(lg, t, None if weights is None else weights[a.name])
             total = total + ce
             keep = t >= 0
             logs[f"adv/{a.name}/disc_ce"] = float(ce.detach())
             logs[f"adv/{a.name}/labelled"] = float(keep.sum())
             if bool(keep.any()):
-                acc = (lg[keep].argmax(-1) == t[keep]).float().mean()
-                logs[f"adv/{a.name}/disc_acc"] = float(acc)
+                hit = (lg[keep].argmax(-1) == t[keep]).float()
+                logs[f"adv/{a.name}/disc_acc"] = float(hit.mean())
+                if weights is not None and weights[a.name] is not None:  # chance 1/K if balanced
+                    wk = weights[a.name][keep].to(hit)
+                    logs[f"adv/{a.name}/disc_weighted_acc"] = float(
+                        (hit * wk).sum() / wk.sum().clamp_min(1e-12)
+                    )
         return total, logs  # type: ignore[return-value]
 
-    def _encoder_objective(self, logits: dict, targets: dict) -> torch.Tensor:
+    def _encoder_objective(self, logits: dict, targets: dict, weights: dict) -> torch.Tensor:
         total = 0.0
         for a in self.attributes:
             lg, t = logits[a.name], targets[a.name].to(logits[a.name].device)
             if self.objective == "confusion":
-                total = total + confusion_loss(lg, t)
+                total = total + confusion_loss(lg, t, weights[a.name])
             else:
-                total = total - masked_cross_entropy(lg, t)
+                total = total - masked_cross_entropy(lg, t, weights[a.name])
         return total  # type: ignore[return-value]
 
     def _frozen_logits(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -302,6 +379,7 @@ class AdversarialFairness(nn.Module):
         z: torch.Tensor,
         attrs: torch.Tensor | Mapping[str, torch.Tensor],
         epoch: float,
+        sample_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The scalar to add to the contrastive loss, and logs.
 
@@ -309,22 +387,27 @@ class AdversarialFairness(nn.Module):
             z: (n, D) embeddings (in the encoder's graph).
             attrs: (n, A) integer codes or name -> (n,) codes; -1 = missing.
             epoch: (fractional) epoch for the weight schedule.
+            sample_weights: optional (n, A) non-negative per-sample weights of the adversarial
+                losses (e.g. :func:`label_balance_table` rows), one column per attribute.
 
         ``reversal``: the term also carries D's own loss (D learns in the same backward pass;
         apply it with :meth:`step`). ``alternating``: the term reaches the encoder only.
         """
         targets = self._targets(attrs, z.shape[0])
+        weights = self._weights(sample_weights, z.shape[0])
         w = self.current_weight(epoch)
         if self.method == "reversal" and self.objective == "cross_entropy":
-            disc_loss, logs = self._disc_loss(self.discriminator(grad_reverse(z, w)), targets)
+            disc_loss, logs = self._disc_loss(
+                self.discriminator(grad_reverse(z, w)), targets, weights
+            )
             term = disc_loss
             logs["adv/encoder_objective"] = -logs_sum(logs, "disc_ce")
         else:
-            enc = self._encoder_objective(self._frozen_logits(z), targets)
+            enc = self._encoder_objective(self._frozen_logits(z), targets, weights)
             logs = {"adv/encoder_objective": float(enc.detach())}
             term = w * enc
             if self.method == "reversal":
-                disc_loss, dlogs = self._disc_loss(self.discriminator(z.detach()), targets)
+                disc_loss, dlogs = self._disc_loss(self.discriminator(z.detach()), targets, weights)
                 term = term + disc_loss
                 logs.update(dlogs)
         logs["adv/weight"] = w
@@ -343,12 +426,16 @@ class AdversarialFairness(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
 
     def discriminator_step(
-        self, z: torch.Tensor, attrs: torch.Tensor | Mapping[str, torch.Tensor]
+        self,
+        z: torch.Tensor,
+        attrs: torch.Tensor | Mapping[str, torch.Tensor],
+        sample_weights: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One optimiser step of D on detached embeddings z (n, D); returns logs."""
         targets = self._targets(attrs, z.shape[0])
+        weights = self._weights(sample_weights, z.shape[0])
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logs = self._disc_loss(self.discriminator(z.detach()), targets)
+        loss, logs = self._disc_loss(self.discriminator(z.detach()), targets, weights)
         loss.backward()
         self._reduce_grads()
         self.optimizer.step()
@@ -401,4 +488,5 @@ def build_adversary(
         schedule=cfg.schedule,
         warmup_epochs=cfg.warmup_epochs,
         ramp_epochs=cfg.ramp_epochs,
+        standardize=cfg.disc_standardize,
     )

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from debiascl import distributed
 from debiascl.config.schema import RunConfig
 from debiascl.errors import ConfigError, DataError, TrainingError
-from debiascl.fairness.adversary import AdversarialFairness
+from debiascl.fairness.adversary import AdversarialFairness, label_balance_table
 from debiascl.fairness.adversary import build_adversary as _build_core
 
 
@@ -59,8 +59,11 @@ class TrainerAdversary(nn.Module):
         own_reversal_step: bool = False,
         normalize: bool = False,
         feature_source: nn.Module | None = None,
+        balance_table: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        # (C, A, K_max) P(a)/P(a|y) weights per attribute column (fairness.balance=label)
+        self.balance_table = balance_table
         self.normalize = normalize
         self.core = core
         self.columns = list(columns)
@@ -132,6 +135,32 @@ class TrainerAdversary(nn.Module):
             return torch.cat([a, b]), torch.cat([attrs, attrs])
         return a, attrs
 
+    def _sample_weights(
+        self, batch: Mapping[str, Any], attrs: torch.Tensor, rows: int
+    ) -> torch.Tensor | None:
+        """(rows, A) adversary sample weights from the batch's class labels, or None."""
+        if self.balance_table is None:
+            return None
+        labels = batch.get("label")
+        if labels is None:
+            raise DataError(
+                "fairness.balance=label needs class labels in the batch; use labelled data or "
+                "fairness.balance=none"
+            )
+        y = torch.as_tensor(labels).long().to(attrs.device)
+        if self.mode == "image_image" and self.on != "text":
+            y = torch.cat([y, y])
+        if y.shape[0] != rows:
+            raise DataError(f"{y.shape[0]} labels for {rows} adversary rows")
+        table = self.balance_table.to(attrs.device)
+        known = y >= 0
+        yc = y.clamp_min(0)
+        cols = [
+            torch.where(known & (attrs[:, j] >= 0), table[yc, j, attrs[:, j].clamp_min(0)], 1.0)
+            for j in range(attrs.shape[1])
+        ]
+        return torch.stack(cols, 1)
+
     def _record(self, logs: Mapping[str, float]) -> None:
         for k, v in logs.items():
             self._sums[k] += float(v)
@@ -141,12 +170,13 @@ class TrainerAdversary(nn.Module):
         self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any], ctx: Any
     ) -> tuple[torch.Tensor, dict[str, float]]:
         z, attrs = self._inputs(a, b, batch)
+        weights = self._sample_weights(batch, attrs, z.shape[0])
         epoch = float(ctx.epoch) if getattr(ctx, "training", True) else 0.0
         logs: dict[str, float] = {}
         if self.core.method == "alternating":
             for _ in range(self.core.disc_steps):
-                logs.update(self.core.discriminator_step(z.detach().float(), attrs))
-        term, tlogs = self.core.encoder_term(z, attrs, epoch)
+                logs.update(self.core.discriminator_step(z.detach().float(), attrs, weights))
+        term, tlogs = self.core.encoder_term(z, attrs, epoch, weights)
         logs.update(tlogs)
         self._record(logs)
         return term, logs
@@ -216,6 +246,9 @@ def build_adversary(
     core = _build_core(fc, in_dim, classes)
     assert core is not None
     columns = [names.index(a) for a in fc.attributes]
+    table = None
+    if getattr(fc, "balance", "none") == "label":
+        table = _balance_tables(data, columns, [classes[a] for a in fc.attributes])
     normalize = bool(getattr(fc, "normalize", False))
     return TrainerAdversary(
         core,
@@ -225,7 +258,30 @@ def build_adversary(
         own_reversal_step,
         normalize=normalize,
         feature_source=model.encoder if fc.on == "feature" else None,
+        balance_table=table,
     ).to(device)
+
+
+def _balance_tables(data: Any, columns: Sequence[int], values: Sequence[int]) -> torch.Tensor:
+    """(C, A, K_max) :func:`label_balance_table` of every adversary attribute, from the data."""
+    train = getattr(data, "train", None)
+    labels = getattr(train, "labels", None)
+    attrs = getattr(train, "attrs", None)
+    if labels is None or attrs is None or not bool((torch.as_tensor(labels) >= 0).any()):
+        raise ConfigError(
+            "fairness.balance=label needs class labels and attributes in the training data; "
+            "use labelled data or fairness.balance=none"
+        )
+    labels = torch.as_tensor(labels).long()
+    attrs = torch.as_tensor(attrs).long()
+    if attrs.ndim == 1:
+        attrs = attrs[:, None]
+    n_cls = int(labels.max()) + 1
+    k_max = max(values)
+    out = torch.ones(n_cls, len(columns), k_max)
+    for j, (col, k) in enumerate(zip(columns, values, strict=True)):
+        out[:, j, :k] = label_balance_table(labels, attrs[:, col], n_cls, k)
+    return out
 
 
 @torch.no_grad()
