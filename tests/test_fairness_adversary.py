@@ -403,3 +403,42 @@ def test_trainer_adapter_balances_by_class_label():
     assert "adv/sex/disc_weighted_acc" in logs
     with pytest.raises(DataError, match="class labels"):
         adv.training_term(z, z, {"attrs": batch["attrs"]}, StepContext(epoch=0))
+
+
+def test_group_mean_gap_against_plain_reference():
+    """Standardised and whitened (Fisher) group-mean gaps vs numpy; 0 when the means agree."""
+    import numpy as np
+
+    from debiascl.fairness.adversary import group_mean_gap
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    t = torch.arange(40) % 2
+    t[0] = -1
+    w = torch.rand(40, generator=g, dtype=torch.float64) + 0.5
+    x, tt, ww = z[1:].numpy(), t[1:].numpy(), w[1:].numpy()
+    mu = (ww[:, None] * x).sum(0) / ww.sum()
+    sd = np.sqrt((ww[:, None] * (x - mu) ** 2).sum(0) / ww.sum() + 1e-6)
+    ref, within = 0.0, np.zeros((3, 3))
+    mus = {}
+    for k in (0, 1):
+        m = tt == k
+        mus[k] = (ww[m, None] * x[m]).sum(0) / ww[m].sum()
+        ref += ww[m].sum() / ww.sum() * np.mean(((mus[k] - mu) / sd) ** 2)
+        within += (ww[m, None] * (x[m] - mus[k])).T @ (x[m] - mus[k])
+    within /= ww.sum()
+    within = 0.9 * within + 0.1 * np.trace(within) / 3 * np.eye(3)
+    fisher = sum(
+        ww[tt == k].sum() / ww.sum() * (mus[k] - mu) @ np.linalg.solve(within, mus[k] - mu) / 3
+        for k in (0, 1)
+    )
+    assert group_mean_gap(z, t, 2, w).item() == pytest.approx(ref, rel=1e-5)
+    assert group_mean_gap(z, t, 2, w, whiten=True).item() == pytest.approx(fisher, rel=1e-5)
+    # equal group means -> 0, whatever the scale of the coordinates
+    same = torch.cat([z[:20], z[:20] * torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)])
+    tg = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    assert group_mean_gap(same * 100, tg, 2).item() == pytest.approx(0.0, abs=1e-10)
+    assert group_mean_gap(same, tg, 2, whiten=True).item() == pytest.approx(0.0, abs=1e-10)
+    # invariant to rescaling coordinates (cannot be lowered by shrinking a direction)
+    s = torch.tensor([0.1, 1.0, 50.0], dtype=torch.float64)
+    assert group_mean_gap(z * s, t, 2, w).item() == pytest.approx(ref, rel=1e-4)

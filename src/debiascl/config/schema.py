@@ -192,6 +192,18 @@ class FairnessConfig(Section):
         "data's class labels) so the attribute is independent of the class in the weighted data; "
         "the discriminator then cannot predict the attribute from class information",
     )
+    mean_gap_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the standardised group-mean-gap (linear MMD) penalty on the "
+        "adversary's input, added to the adversarial term; with balance=label the class "
+        "differences are not counted",
+    )
+    mean_gap_whiten: bool = Field(
+        False,
+        description="measure the group-mean gap in the metric of the within-group covariance "
+        "(Fisher separation) instead of per-coordinate standardisation",
+    )
     lr: float = Field(1e-3, gt=0, description="discriminator learning rate (own Adam)")
     disc_steps: int = Field(1, ge=1, description="discriminator steps per encoder step")
     warmup_epochs: float = Field(0, ge=0, description="epochs with adversarial weight 0")

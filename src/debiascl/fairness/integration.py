@@ -43,7 +43,11 @@ from torch.nn import functional as F
 from debiascl import distributed
 from debiascl.config.schema import RunConfig
 from debiascl.errors import ConfigError, DataError, TrainingError
-from debiascl.fairness.adversary import AdversarialFairness, label_balance_table
+from debiascl.fairness.adversary import (
+    AdversarialFairness,
+    group_mean_gap,
+    label_balance_table,
+)
 from debiascl.fairness.adversary import build_adversary as _build_core
 
 
@@ -60,8 +64,12 @@ class TrainerAdversary(nn.Module):
         normalize: bool = False,
         feature_source: nn.Module | None = None,
         balance_table: torch.Tensor | None = None,
+        mean_gap_weight: float = 0.0,
+        mean_gap_whiten: bool = False,
     ) -> None:
         super().__init__()
+        self.mean_gap_whiten = bool(mean_gap_whiten)
+        self.mean_gap_weight = float(mean_gap_weight)
         # (C, A, K_max) P(a)/P(a|y) weights per attribute column (fairness.balance=label)
         self.balance_table = balance_table
         self.normalize = normalize
@@ -178,6 +186,16 @@ class TrainerAdversary(nn.Module):
                 logs.update(self.core.discriminator_step(z.detach().float(), attrs, weights))
         term, tlogs = self.core.encoder_term(z, attrs, epoch, weights)
         logs.update(tlogs)
+        if self.mean_gap_weight > 0:
+            gap = z.new_zeros(())
+            for j, spec in enumerate(self.core.attributes):
+                wj = None if weights is None else weights[:, j]
+                g = group_mean_gap(z, attrs[:, j], spec.num_classes, wj, self.mean_gap_whiten)
+                logs[f"adv/{spec.name}/mean_gap"] = float(g.detach())
+                gap = gap + g
+            # same warm-up/schedule as the adversarial weight (relative to fairness.weight)
+            scale = self.core.current_weight(epoch) / self.core.weight if self.core.weight else 1.0
+            term = term + self.mean_gap_weight * scale * gap
         self._record(logs)
         return term, logs
 
@@ -259,6 +277,8 @@ def build_adversary(
         normalize=normalize,
         feature_source=model.encoder if fc.on == "feature" else None,
         balance_table=table,
+        mean_gap_weight=float(getattr(fc, "mean_gap_weight", 0.0)),
+        mean_gap_whiten=bool(getattr(fc, "mean_gap_whiten", False)),
     ).to(device)
 
 
