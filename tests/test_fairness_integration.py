@@ -168,3 +168,28 @@ def test_plain_data_has_no_audit(tmp_path: Path) -> None:
 
     cfg = load_config("fmnist_clip", [*_overrides(tmp_path / "y"), "data.dataset=fashion_mnist"])
     assert not has_attributes(Trainer(cfg, run_dir=tmp_path / "y"))
+
+
+def test_feature_adversary_with_balance_and_mean_gap_trains(tmp_path: Path) -> None:
+    """fairness.on=feature + balance=label + mean_gap_weight through the real trainer: the
+    discriminator is built on the backbone width and every adversary log is finite."""
+    import contextlib
+    import io
+
+    run_dir = tmp_path / "feat"
+    extra = [
+        "fairness.on=feature",
+        "fairness.balance=label",
+        "fairness.mean_gap_weight=1",
+        "fairness.method=alternating",
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "--no-eval", "synth_attr_adfair", *_overrides(run_dir), *extra])
+    assert code == 0
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "adv/synthetic_mark/mean_gap_epoch" in r][-1]
+    for key in ("mean_gap", "disc_weighted_acc", "disc_ce"):
+        assert math.isfinite(last[f"adv/synthetic_mark/{key}_epoch"]), key
+    state = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
+    w = state["adversary"]["core.discriminator.trunk.0.weight"]
+    assert w.shape[1] == 8 * 8  # small_cnn width 8 -> backbone feature 64, not embed_dim 32

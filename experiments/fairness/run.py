@@ -12,6 +12,11 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/fairness/run.py \
         --seeds 0 1 2 --weights 0.3 1 3 10 --runs runs/fairness_experiment
+
+``--variant LABEL SLUG KEY=VALUE,...`` adds a named setting of ``synth_attr_adfair`` (runs
+``<SLUG>_s<seed>``); with ``--sweep-weight-of SLUG`` the ``--weights`` sweep changes
+``fairness.weight`` of that variant (runs ``<SLUG>_w<W>_s<seed>``) instead of the default config.
+``--no-plain`` leaves out the plain model.
 """
 
 from __future__ import annotations
@@ -114,21 +119,46 @@ def markdown(rows: dict[str, dict[str, dict[str, float | None]]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--weights", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0])
+    p.add_argument("--weights", type=float, nargs="*", default=[0.3, 1.0, 3.0, 10.0])
     p.add_argument("--runs", type=Path, default=Path("runs/fairness_experiment"))
     p.add_argument("--results", type=Path, default=HERE)
+    p.add_argument(
+        "--variant",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("LABEL", "SLUG", "OVERRIDES"),
+        help="a named synth_attr_adfair setting: label, run-name slug, comma-separated overrides",
+    )
+    p.add_argument("--sweep-weight-of", default=None, help="slug of the variant to sweep")
+    p.add_argument("--no-plain", action="store_true")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    methods: dict[str, tuple[str, list[str]]] = {"plain CLIP": ("synth_attr_clip", [])}
+    methods: dict[str, tuple[str, list[str], str]] = {}
+    if not args.no_plain:
+        methods["plain CLIP"] = ("synth_attr_clip", [], "plain_CLIP")
+    variants = {slug: (label, [o for o in ov.split(",") if o]) for label, slug, ov in args.variant}
+    for slug, (label, ov) in variants.items():
+        if slug != args.sweep_weight_of:
+            methods[label] = ("synth_attr_adfair", ov, slug)
     for w in args.weights:
-        methods[f"AdFair weight {w:g}"] = ("synth_attr_adfair", [f"fairness.weight={w}"])
+        if args.sweep_weight_of is None:
+            methods[f"AdFair weight {w:g}"] = (
+                "synth_attr_adfair", [f"fairness.weight={w}"], f"adfair_w{w:g}"
+            )  # fmt: skip
+        else:
+            label, ov = variants[args.sweep_weight_of]
+            methods[f"{label}, weight {w:g}"] = (
+                "synth_attr_adfair",
+                [*ov, f"fairness.weight={w}"],
+                f"{args.sweep_weight_of}_w{w:g}",
+            )
     rows: dict[str, dict[str, dict[str, float | None]]] = {}
     per_run: dict[str, list[dict[str, Any]]] = {}
-    for label, (config, extra) in methods.items():
+    for label, (config, extra, slug) in methods.items():
         summaries = []
         for seed in args.seeds:
-            slug = label.replace(" ", "_").replace("AdFair_weight_", "adfair_w")
             summaries.append(
                 train(config, f"{slug}_s{seed}", seed, args.runs, [*extra, *args.overrides])
             )
