@@ -69,13 +69,18 @@ def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     may not (their state would not fit, or -- for ``optim.*``, whose values the optimiser and
     scheduler states restore -- a change would be silently ignored).
     """
+    # exclude_defaults: a field added in a later version (with its default) leaves old
+    # checkpoints loadable; only settings a user changed enter the hash.
+    def dump(section: Any, exclude: set[str] | None = None) -> dict[str, Any]:
+        return section.model_dump(mode="json", exclude_defaults=True, exclude=exclude)
+
     parts = {
-        "model": cfg.model.model_dump(mode="json"),
-        "data": cfg.data.model_dump(mode="json", exclude=_DATA_FREE),
-        "loss": cfg.loss.model_dump(mode="json"),
-        "negatives": cfg.negatives.model_dump(mode="json", exclude={"reset_on_resume"}),
-        "fairness": cfg.fairness.model_dump(mode="json", exclude=_FAIRNESS_AUDIT),
-        "optim": cfg.optim.model_dump(mode="json"),
+        "model": dump(cfg.model),
+        "data": dump(cfg.data, _DATA_FREE),
+        "loss": dump(cfg.loss),
+        "negatives": dump(cfg.negatives, {"reset_on_resume"}),
+        "fairness": dump(cfg.fairness, _FAIRNESS_AUDIT),
+        "optim": dump(cfg.optim),
         "batch_size": cfg.train.batch_size,
         "num_samples": num_samples,
     }
