@@ -5,6 +5,8 @@ Studies (configs in ``src/debiascl/configs``; every method of a study shares all
     image: SimCLR layout with the SogCLR loss, Fashion-MNIST 5k subset: none / fnc / glofnd /
         oracle (``fmnist_simclr_{fnc,glofnd,oracle}``; none = the glofnd config with
         ``negatives.name=none``).
+    image_alpha001: the fnc / glofnd rows of ``image`` with alpha 0.01 (an ablation).
+    image_beta1, text_beta1: GloFND with Adam beta1 0.5 (an ablation).
     text: CLIP layout with caption templates and the bimodal SogCLR loss: none / fnc / glofnd
         (``fmnist_clip_{fnc,glofnd}``).
 
@@ -40,6 +42,16 @@ STUDIES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("glofnd", "fmnist_simclr_glofnd", []),
         ("oracle", "fmnist_simclr_oracle", []),
     ],
+    # Ablation: a small alpha, where few negatives per row are removed and the batch quantile is
+    # noisy (DESIGN 3.3 expects GloFND's advantage over FNC to grow there).
+    "image_alpha001": [
+        ("fnc", "fmnist_simclr_fnc", ["negatives.alpha=0.01"]),
+        ("glofnd", "fmnist_simclr_glofnd", ["negatives.alpha=0.01"]),
+    ],
+    # Ablation: Adam beta1 0.5 instead of 0.9. Each threshold is updated once per epoch, so with
+    # beta1 0.9 its momentum averages over the whole short run and lags the moving quantile.
+    "image_beta1": [("glofnd", "fmnist_simclr_glofnd", ["negatives.beta1=0.5"])],
+    "text_beta1": [("glofnd", "fmnist_clip_glofnd", ["negatives.beta1=0.5"])],
     "text": [
         ("none", "fmnist_clip_glofnd", ["negatives.name=none", "name=fmnist_clip_none"]),
         ("fnc", "fmnist_clip_fnc", []),
@@ -54,11 +66,27 @@ METRICS: dict[str, list[tuple[str, str, bool]]] = {
         ("LP 10%", "linear_probe/10%/mean", True),
         ("kNN", "knn/accuracy", True),
     ],
+    "image_beta1": [
+        ("LP 1%", "linear_probe/1%/mean", True),
+        ("LP 10%", "linear_probe/10%/mean", True),
+        ("kNN", "knn/accuracy", True),
+    ],
+    "image_alpha001": [
+        ("LP 1%", "linear_probe/1%/mean", True),
+        ("LP 10%", "linear_probe/10%/mean", True),
+        ("kNN", "knn/accuracy", True),
+    ],
+    "text_beta1": [
+        ("zero-shot", "zero_shot/accuracy", True),
+        ("zero-shot AUC", "zero_shot/auc_macro", True),
+        ("LP 1%", "linear_probe/1%/mean", True),
+        ("LP 10%", "linear_probe/10%/mean", True),
+    ],
     "text": [
         ("zero-shot", "zero_shot/accuracy", True),
         ("LP 1%", "linear_probe/1%/mean", True),
         ("LP 10%", "linear_probe/10%/mean", True),
-        ("R@1 i2t (caption)", "retrieval_by_caption/image_to_text/R@1", True),
+        ("zero-shot AUC", "zero_shot/auc_macro", True),
     ],
 }
 DETECTION: list[tuple[str, str, bool]] = [
@@ -115,7 +143,10 @@ def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
     result = {"study": study, "seeds": seeds, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(study, rows) + "\n")
+    (out / "results.md").write_text(
+        markdown(study, rows) + "\n\nPer epoch (1-based; training diagnostics, mean over seeds):"
+        "\n\n" + epoch_table(study, out, seeds) + "\n"
+    )
     return result
 
 
@@ -139,6 +170,32 @@ def markdown(study: str, rows: dict[str, Any]) -> str:
             else:
                 cells.append(f"{m:.0f} ± {s:.0f}")
         lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def epoch_table(study: str, out: Path, seeds: list[int]) -> str:
+    """Per-epoch removal and detection quality (training diagnostics), mean over seeds."""
+    keys = ("removed_fraction", "precision", "recall")
+    lines = ["| method | epoch | removed | FN precision | FN recall |", "|---|---|---|---|---|"]
+    for label, _, _ in STUDIES[study]:
+        if label == "none":
+            continue
+        by_epoch: dict[int, dict[str, list[float]]] = {}
+        for seed in seeds:
+            path = out / label / f"seed{seed}" / "metrics.jsonl"
+            if not path.exists() or not (path.parent / "summary.json").exists():
+                continue
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                slot = by_epoch.setdefault(int(rec["epoch"]), {k: [] for k in keys})
+                for k in keys:
+                    value = rec.get(f"negatives/{k}")
+                    slot[k].append(math.nan if value is None else float(value))
+        for epoch, slot in sorted(by_epoch.items()):
+            if statistics.fmean(slot["removed_fraction"]) == 0:
+                continue  # before the start epoch
+            cells = [f"{100 * _mean_std(slot[k])[0]:.1f}" for k in keys]
+            lines.append(f"| {label} | {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
