@@ -340,7 +340,7 @@ def test_label_balance_table_makes_attribute_independent_of_class():
     p_a = joint.sum(0)
     ref = p_a[None, :] / (joint / joint.sum(1, keepdims=True))
     assert np.allclose(table.numpy(), ref)
-    w = table[torch.as_tensor(df.y.to_numpy()), torch.as_tensor(df.a.to_numpy())].numpy()
+    w = table[torch.tensor(df.y.to_numpy()), torch.tensor(df.a.to_numpy())].numpy()
     wj = pd.crosstab(df.y, df.a, values=w, aggfunc="sum").to_numpy().copy()
     wj /= wj.sum()
     assert np.allclose(wj, np.outer(wj.sum(1), wj.sum(0)))  # independent under the weights
