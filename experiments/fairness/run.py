@@ -111,7 +111,8 @@ def markdown(rows: dict[str, dict[str, dict[str, float | None]]]) -> str:
                 continue
             f = 100.0 if pct[h] else 1.0
             d = 1 if pct[h] else 3
-            cells.append(f"{m * f:.{d}f} ± {(s or 0.0) * f:.{d}f}")
+            # one seed: no spread to show
+            cells.append(f"{m * f:.{d}f}" if s is None else f"{m * f:.{d}f} ± {s * f:.{d}f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
