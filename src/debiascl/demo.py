@@ -71,13 +71,16 @@ def results_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     )
     lines = [header, "|---" * 9 + "|"]
     for label, s in rows:
-        fn = s.get("fn_detection", {})
+        fn = dict(s.get("fn_detection", {}))
+        if not fn.get("removed_fraction"):  # nothing removed: detection scores are undefined
+            fn = {}
+        seconds = f"{s['train_seconds']:.0f}" if "train_seconds" in s else "-"
         lines.append(
             f"| {label} | {_fmt(_probe(s, '100%'))} | {_fmt(_probe(s, '10%'))} | "
             f"{_fmt(_probe(s, '1%'))} | {_fmt(s.get('knn', {}).get('accuracy'))} | "
             f"{_fmt(fn.get('precision'))} | {_fmt(fn.get('recall'))} | "
             f"{_fmt(fn.get('removed_fraction'))} | "
-            f"{_fmt(s.get('train_seconds'), pct=False) if 'train_seconds' in s else '-'} |"
+            f"{seconds} |"
         )
     return "\n".join(lines)
 

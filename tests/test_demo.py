@@ -1,0 +1,50 @@
+"""The main job (`debiascl demo --quick`) end to end on Fashion-MNIST, two methods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from debiascl.demo import results_table, run_demo
+
+
+def test_quick_demo_prints_references_and_methods(tmp_path: Path, capsys) -> None:
+    table = run_demo(tmp_path, quick=True, methods=["none", "glofnd"])
+    out = capsys.readouterr().out
+    assert table in out
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "reference: random_init",
+        "reference: raw_pixels",
+        "SimCLR (no filtering)",
+        "GloFND",
+    ]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["methods"]["GloFND"]["fn_detection"]["removed_fraction"] > 0
+    assert (tmp_path / "results.md").read_text().startswith(table)
+    # a second run into the same folder replaces the first instead of refusing
+    run_demo(tmp_path, quick=True, methods=["none"])
+
+
+def test_results_table_hides_undefined_detection_scores() -> None:
+    table = results_table(
+        [
+            (
+                "plain",
+                {
+                    "knn": {"accuracy": 0.5},
+                    "fn_detection": {"removed_fraction": 0.0, "recall": 0.0},
+                },
+            ),
+            (
+                "filtered",
+                {
+                    "fn_detection": {"removed_fraction": 0.05, "precision": 0.5, "recall": 0.25},
+                    "train_seconds": 12.3,
+                },
+            ),
+        ]
+    )
+    plain, filtered = table.splitlines()[2:]
+    assert plain == "| plain | - | - | - | 50.0 | - | - | - | - |"
+    assert filtered == "| filtered | - | - | - | - | 50.0 | 25.0 | 5.0 | 12 |"
