@@ -156,6 +156,12 @@ class NegativesConfig(Section):
     init: Literal["one", "batch_quantile"] = Field(
         "one", description="lambda at 1 (filters nothing) or the batch quantile on first visit"
     )
+    moment_init: Literal["zero", "binomial"] = Field(
+        "zero",
+        description="GloFND Adam moments at the batch-quantile init: zero (bias-corrected; the "
+        "next step moves lambda by a full lr) or binomial (m 0, v alpha(1-alpha)/n, no bias "
+        "correction; steps start small)",
+    )
     reset_on_resume: bool = Field(False, description="reset thresholds when loading a checkpoint")
     eps: float = Field(1e-8, gt=0, description="Adam epsilon of the per-sample threshold update")
     table_placement: Literal["device", "cpu"] = Field(
@@ -204,6 +210,19 @@ class FairnessConfig(Section):
         description="measure the group-mean gap in the metric of the within-group covariance "
         "(Fisher separation) instead of per-coordinate standardisation",
     )
+    adversary_view: Literal["augmented", "clean"] = Field(
+        "augmented",
+        description="what the adversary (and mean-gap penalty) sees: the embedding of the "
+        "augmented training view, or 'clean': of the un-augmented batch (evaluation transform, "
+        "one extra image-tower forward in the encoder's graph), i.e. what the audit's probes see",
+    )
+    refit_every_epochs: int = Field(
+        0,
+        ge=0,
+        description="re-initialise the discriminator and fit it to the current clean embeddings "
+        "of the whole training set every this many epochs (0: never), so it cannot lag the encoder",
+    )
+    refit_steps: int = Field(200, ge=1, description="Adam steps of each refit (minibatches of 256)")
     lr: float = Field(1e-3, gt=0, description="discriminator learning rate (own Adam)")
     disc_steps: int = Field(1, ge=1, description="discriminator steps per encoder step")
     warmup_epochs: float = Field(0, ge=0, description="epochs with adversarial weight 0")

@@ -33,6 +33,7 @@ def build_glofnd(cfg: RunConfig, info: DatasetInfo) -> GloFNDDetector:
         beta2=n.beta2,
         eps=n.eps,
         init=n.init,
+        moment_init=n.moment_init,
         reset_on_resume=n.reset_on_resume,
         placement=n.table_placement,
     )

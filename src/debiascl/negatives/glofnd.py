@@ -86,6 +86,13 @@ class GloFNDDetector(ScheduledDetector):
         lr, beta1, beta2, eps: update hyperparameters (reference: 0.05, 0.9, 0.98, 1e-8).
         init: ``"one"`` (lambda starts at 1 and filters nothing) or ``"batch_quantile"`` (a
             sample's first update sets lambda to its batch quantile).
+        moment_init: Adam moments at the quantile initialisation (``init="batch_quantile"``).
+            ``"zero"``: m = v = 0 with Adam's bias correction, so the sample's next update moves
+            lambda by exactly lr in the sign of one noisy gradient. ``"binomial"``: the moments
+            are set to what is known at the quantile, m = 0 (expected gradient) and
+            v = alpha (1 - alpha) / n (the variance of the fraction of n independent batch
+            negatives above the true quantile), and used without bias correction, so steps
+            start small and grow only as gradients agree in sign.
         reset_on_resume: restore every threshold to its initial state after ``load_state_dict``.
         placement: table placement, ``"device"`` or ``"cpu"``.
     """
@@ -104,6 +111,7 @@ class GloFNDDetector(ScheduledDetector):
         beta2: float = 0.98,
         eps: float = 1e-8,
         init: str = "one",
+        moment_init: str = "zero",
         reset_on_resume: bool = False,
         placement: Placement = "device",
     ) -> None:
@@ -112,6 +120,15 @@ class GloFNDDetector(ScheduledDetector):
             raise ConfigError(f"GloFND optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if init not in ("one", "batch_quantile"):
             raise ConfigError(f"GloFND init must be 'one' or 'batch_quantile', got {init!r}")
+        if moment_init not in ("zero", "binomial"):
+            raise ConfigError(
+                f"GloFND moment_init must be 'zero' or 'binomial', got {moment_init!r}"
+            )
+        if moment_init == "binomial" and (init != "batch_quantile" or optimizer != "adam"):
+            raise ConfigError(
+                "GloFND moment_init='binomial' initialises Adam's moments at the batch quantile; "
+                "use it with init='batch_quantile' and optimizer='adam'"
+            )
         if lr <= 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or eps <= 0:
             raise ConfigError(
                 f"GloFND needs lr > 0, 0 <= beta1, beta2 < 1 and eps > 0; got lr={lr}, "
@@ -120,6 +137,7 @@ class GloFNDDetector(ScheduledDetector):
         self.optimizer = optimizer
         self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), eps
         self.init = init
+        self.moment_init = moment_init
         self.reset_on_resume = reset_on_resume
         self.tables = nn.ModuleDict(
             {
@@ -155,18 +173,34 @@ class GloFNDDetector(ScheduledDetector):
                     (fresh,), pooled_quantile(sim, batch.neg_mask, groups, self.alpha, fresh)
                 )
         above, total = threshold_gradient(sim, batch.neg_mask, groups.expand(lam), self.alpha)
-        grad = self.alpha - groups.pool_sum(above) / groups.pool_sum(total).clamp_min(1.0)
+        n = groups.pool_sum(total).clamp_min(1.0)
+        grad = self.alpha - groups.pool_sum(above) / n
+        warm = self.moment_init == "binomial"
         if self.optimizer == "adam":
             # The sample's own update count: its first visit is the quantile init, not a step.
             step = visits if self.init == "batch_quantile" else visits + 1
             new_lam, new_m, new_v = adam_threshold_step(
-                lam, m, v, grad, step.clamp_min(1.0), self.lr, self.beta1, self.beta2, self.eps
+                lam,
+                m,
+                v,
+                grad,
+                step.clamp_min(1.0),
+                self.lr,
+                self.beta1,
+                self.beta2,
+                self.eps,
+                bias_correction=not warm,
             )
         else:
             new_lam, new_m, new_v = sgd_threshold_step(lam, grad, self.lr), m, v
         if self.init == "batch_quantile":
+            # The initialising visit takes no gradient step: the quantile is already the estimate.
             new_lam = torch.where(first, lam, new_lam)
-            new_m, new_v = torch.where(first, m, new_m), torch.where(first, v, new_v)
+            new_m = torch.where(first, m, new_m)
+            # Binomial: the variance of the batch fraction above the true quantile (a lower
+            # bound when negatives are correlated, e.g. two views of one image; v adapts).
+            init_v = self.alpha * (1.0 - self.alpha) / n if warm else v
+            new_v = torch.where(first, init_v, new_v)
         table.write(groups.ids, torch.stack([new_lam, new_m, new_v, visits + 1], dim=1))
         return new_lam
 

@@ -90,21 +90,28 @@ def adam_threshold_step(
     beta1: float = 0.9,
     beta2: float = 0.98,
     eps: float = 1e-8,
+    bias_correction: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample Adam with bias correction, then projection onto [-1, 1].
+    """Per-sample Adam, then projection onto [-1, 1].
 
     Args:
         lam, m, v, grad: (G,) thresholds, first and second moments, gradients.
         step: (G,) 1-based count of this sample's updates (for the bias correction).
+        bias_correction: divide the moments by ``1 - beta^step`` (Adam's rule for moments that
+            start at zero). ``False`` for moments initialised as real estimates (GloFND's
+            ``moment_init="binomial"``), which are not biased towards zero.
 
     Returns:
         ``(lam, m, v)`` after the step.
     """
     m = beta1 * m + (1.0 - beta1) * grad
     v = beta2 * v + (1.0 - beta2) * grad * grad
-    step = step.float()
-    m_hat = m / (1.0 - torch.pow(beta1, step))
-    v_hat = v / (1.0 - torch.pow(beta2, step))
+    if bias_correction:
+        step = step.float()
+        m_hat = m / (1.0 - torch.pow(beta1, step))
+        v_hat = v / (1.0 - torch.pow(beta2, step))
+    else:
+        m_hat, v_hat = m, v
     lam = (lam - lr * m_hat / (v_hat.sqrt() + eps)).clamp(-1.0, 1.0)
     return lam, m, v
 
