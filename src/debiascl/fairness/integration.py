@@ -3,7 +3,7 @@
 The trainer (``debiascl.train.trainer``) calls::
 
     adv = build_adversary(cfg, model, device, data)          # None unless fairness.enabled
-    term, logs = adv.training_term(a, b, batch, ctx)          # before backward
+    term, logs = adv.training_term(a, b, batch, ctx, clean)   # before backward
     ...backward, encoder optimiser step...
     logs |= adv.after_encoder_step(a.detach(), b.detach(), batch, ctx)
     record |= adv.epoch_logs()                                # once per epoch
@@ -13,6 +13,19 @@ views in ``image_image`` mode). ``fairness.on`` picks what the adversary sees: `
 both views in ``image_image`` mode), ``text`` (``b``, ``image_text`` only) or ``feature`` (the
 pre-projection backbone feature of the image tower). Attributes come from ``batch["attrs"]``
 ((b, n_attr) codes, -1 missing) by the column names of the data.
+
+``fairness.adversary_view=clean``: the trainer also embeds the *un-augmented* batch (evaluation
+transform, one extra image-tower forward through the same model, in the graph) and passes it as
+``clean`` (b, D); the adversary and the mean-gap penalty then see it instead of the augmented
+view(s) (one row per sample, also in ``image_image`` mode). Random crops can cut an attribute
+(e.g. a border) away from the training views, while the audit's probes read clean images. With
+``on=feature`` the hooked backbone feature is then that of the clean forward (it runs last).
+
+``fairness.refit_every_epochs=k`` (> 0): at the first step of epochs k, 2k, ... the discriminator
+is re-initialised and fitted for ``fairness.refit_steps`` Adam steps to the current clean
+embeddings of the whole (in-memory) training set, computed without gradients in eval mode, so it
+starts every k epochs from a discriminator that reads what a fresh probe would read instead of
+lagging the encoder. Seeded by the epoch (no global RNG use), identical on every DDP rank.
 
 ``fairness.on=feature`` needs no trainer change: the adapter registers a forward hook on
 ``model.encoder`` (the image backbone of both model kinds) that keeps the output of the latest
@@ -66,8 +79,31 @@ class TrainerAdversary(nn.Module):
         balance_table: torch.Tensor | None = None,
         mean_gap_weight: float = 0.0,
         mean_gap_whiten: bool = False,
+        view: str = "augmented",
+        refit_every_epochs: int = 0,
+        refit_steps: int = 200,
+        refit_source: tuple[nn.Module, Any, int, int] | None = None,
     ) -> None:
         super().__init__()
+        if view not in ("augmented", "clean"):
+            raise ConfigError(f"fairness.adversary_view must be augmented or clean, got {view!r}")
+        if view == "clean" and on == "text":
+            raise ConfigError("fairness.adversary_view=clean needs fairness.on=image or feature")
+        self.view = view
+        self.refit_every_epochs = int(refit_every_epochs)
+        self.refit_steps = int(refit_steps)
+        # (model, training set, image size, channels) for refits; a tuple, so not a submodule
+        self._refit_source = refit_source
+        if self.refit_every_epochs > 0:
+            if on == "text":
+                raise ConfigError("fairness.refit_every_epochs needs fairness.on=image or feature")
+            if refit_source is None or getattr(refit_source[1], "images", None) is None:
+                raise ConfigError(
+                    "fairness.refit_every_epochs needs an in-memory training set with images "
+                    "(e.g. dataset=synthetic_attr); set it to 0 for this data"
+                )
+            # the last epoch refitted (checkpointed, so a resumed run does not refit twice)
+            self.register_buffer("last_refit_epoch", torch.tensor(-1))
         self.mean_gap_whiten = bool(mean_gap_whiten)
         self.mean_gap_weight = float(mean_gap_weight)
         # (C, A, K_max) P(a)/P(a|y) weights per attribute column (fairness.balance=label)
@@ -109,9 +145,8 @@ class TrainerAdversary(nn.Module):
             self._hook.remove()
             self._hook = None
 
-    def _inputs(
-        self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attrs(self, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+        """(b, A) codes of the adversary's attribute columns."""
         attrs = batch.get("attrs")
         if attrs is None:
             raise DataError(
@@ -121,10 +156,31 @@ class TrainerAdversary(nn.Module):
         attrs = torch.as_tensor(attrs)
         if attrs.ndim == 1:
             attrs = attrs[:, None]
-        attrs = attrs[:, self.columns].to(a.device)
+        return attrs[:, self.columns].to(device)
+
+    @property
+    def _doubled(self) -> bool:
+        """Whether the adversary's rows are both views (image_image, augmented image/feature)."""
+        return self.mode == "image_image" and self.on != "text" and self.view == "augmented"
+
+    def _inputs(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        batch: Mapping[str, Any],
+        clean: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        attrs = self._attrs(batch, a.device)
+        if self.view == "clean" and self.on == "image":
+            if clean is None or clean.ndim != 2 or clean.shape[0] != attrs.shape[0]:
+                raise TrainingError(
+                    "fairness.adversary_view=clean needs the (b, D) embedding of the "
+                    "un-augmented batch as training_term(..., clean=...)"
+                )
+            return (F.normalize(clean, dim=-1) if self.normalize else clean), attrs
         if self.on == "feature":
             feat, self._feature = self._feature, None
-            rows = a.shape[0] * (2 if self.mode == "image_image" else 1)
+            rows = a.shape[0] * (2 if self._doubled else 1)
             if feat is None or feat.ndim != 2 or feat.shape[0] != rows:
                 raise TrainingError(
                     "fairness.on=feature found no backbone feature of this batch (expected "
@@ -132,7 +188,7 @@ class TrainerAdversary(nn.Module):
                     "with gradients enabled before training_term"
                 )
             feat = feat.float()
-            if self.mode == "image_image":
+            if self._doubled:
                 return feat, torch.cat([attrs, attrs])
             return feat, attrs
         if self.normalize:  # the direction is what the cosine loss and zero-shot use
@@ -144,7 +200,11 @@ class TrainerAdversary(nn.Module):
         return a, attrs
 
     def _sample_weights(
-        self, batch: Mapping[str, Any], attrs: torch.Tensor, rows: int
+        self,
+        batch: Mapping[str, Any],
+        attrs: torch.Tensor,
+        rows: int,
+        doubled: bool | None = None,
     ) -> torch.Tensor | None:
         """(rows, A) adversary sample weights from the batch's class labels, or None."""
         if self.balance_table is None:
@@ -156,7 +216,7 @@ class TrainerAdversary(nn.Module):
                 "fairness.balance=none"
             )
         y = torch.as_tensor(labels).long().to(attrs.device)
-        if self.mode == "image_image" and self.on != "text":
+        if self._doubled if doubled is None else doubled:
             y = torch.cat([y, y])
         if y.shape[0] != rows:
             raise DataError(f"{y.shape[0]} labels for {rows} adversary rows")
@@ -175,12 +235,24 @@ class TrainerAdversary(nn.Module):
             self._counts[k] += 1
 
     def training_term(
-        self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any], ctx: Any
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        batch: Mapping[str, Any],
+        ctx: Any,
+        clean: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        z, attrs = self._inputs(a, b, batch)
+        """Adversarial (+ mean-gap) term to add to the loss, and logs.
+
+        ``clean`` (b, D): the image embedding of the un-augmented batch, in the encoder's graph;
+        required with ``adversary_view=clean`` (and ``on=image``), ignored otherwise.
+        """
+        logs: dict[str, float] = {}
+        if self.refit_every_epochs > 0 and getattr(ctx, "training", True):
+            logs.update(self._maybe_refit(int(ctx.epoch)))
+        z, attrs = self._inputs(a, b, batch, clean)
         weights = self._sample_weights(batch, attrs, z.shape[0])
         epoch = float(ctx.epoch) if getattr(ctx, "training", True) else 0.0
-        logs: dict[str, float] = {}
         if self.core.method == "alternating":
             for _ in range(self.core.disc_steps):
                 logs.update(self.core.discriminator_step(z.detach().float(), attrs, weights))
@@ -198,6 +270,43 @@ class TrainerAdversary(nn.Module):
             term = term + self.mean_gap_weight * scale * gap
         self._record(logs)
         return term, logs
+
+    def _maybe_refit(self, epoch: int) -> dict[str, float]:
+        """Re-initialise and fit D at the first step of epochs k, 2k, ... (see module doc)."""
+        k = self.refit_every_epochs
+        if epoch < k or epoch % k != 0 or int(self.last_refit_epoch) == epoch:
+            return {}
+        self.last_refit_epoch.fill_(epoch)
+        model, train, size, channels = self._refit_source  # type: ignore[misc]
+        device = self.last_refit_epoch.device
+        z = _embed_dataset(model, train.images, size, channels, self.on == "feature", device)
+        if self.normalize and self.on != "feature":
+            z = F.normalize(z, dim=-1)
+        attrs = torch.as_tensor(train.attrs).long()
+        attrs = (attrs[:, None] if attrs.ndim == 1 else attrs)[:, self.columns].to(device)
+        labels = getattr(train, "labels", None)
+        disc = self.core.discriminator
+        with torch.random.fork_rng(devices=[]):  # the training RNG stream stays untouched
+            torch.manual_seed(10_007 * (epoch + 1))
+            for m in disc.modules():
+                if m is not disc and hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        self.core.optimizer.state.clear()
+        gen = torch.Generator().manual_seed(epoch)
+        n = z.shape[0]
+        logs: dict[str, float] = {}
+        for step in range(self.refit_steps):
+            rows = torch.randint(n, (min(256, n),), generator=gen).to(device)
+            ba = attrs[rows]
+            bl = None if labels is None else torch.as_tensor(labels)[rows.cpu()]
+            w = self._sample_weights({"label": bl}, ba, len(rows), doubled=False)
+            out = self.core.discriminator_step(z[rows], ba, w)
+            if step >= self.refit_steps - 10:  # accuracy of the last 10 refit steps
+                for key, v in out.items():
+                    if key.endswith("disc_acc") or key.endswith("disc_weighted_acc"):
+                        name = key.replace("disc_", "refit_")
+                        logs[name] = logs.get(name, 0.0) + v / 10
+        return logs
 
     def after_encoder_step(
         self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any], ctx: Any
@@ -279,6 +388,12 @@ def build_adversary(
         balance_table=table,
         mean_gap_weight=float(getattr(fc, "mean_gap_weight", 0.0)),
         mean_gap_whiten=bool(getattr(fc, "mean_gap_whiten", False)),
+        view=getattr(fc, "adversary_view", "augmented"),
+        refit_every_epochs=int(getattr(fc, "refit_every_epochs", 0)),
+        refit_steps=int(getattr(fc, "refit_steps", 200)),
+        refit_source=(model, data.train, data.image_size, data.channels)
+        if data is not None and getattr(data, "train", None) is not None
+        else None,
     ).to(device)
 
 
@@ -302,6 +417,35 @@ def _balance_tables(data: Any, columns: Sequence[int], values: Sequence[int]) ->
     for j, (col, k) in enumerate(zip(columns, values, strict=True)):
         out[:, j, :k] = label_balance_table(labels, attrs[:, col], n_cls, k)
     return out
+
+
+@torch.no_grad()
+def _embed_dataset(
+    model: nn.Module,
+    images: Any,
+    size: int,
+    channels: int,
+    feature: bool,
+    device: torch.device,
+    chunk: int = 512,
+) -> torch.Tensor:
+    """(n, D) clean image embeddings (or backbone features) of uint8 images, eval mode."""
+    from debiascl.data.augment import EvalTransform
+
+    images = torch.as_tensor(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    tf = EvalTransform(size, channels).to(device)
+    was = model.training
+    model.eval()
+    try:
+        out = []
+        for i in range(0, images.shape[0], chunk):
+            f = model.encoder(tf(images[i : i + chunk].to(device)))
+            out.append((f if feature else model.head(f)).float())
+    finally:
+        model.train(was)
+    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from debiascl import __version__
 from debiascl import distributed as dist_utils
 from debiascl.config import RunConfig
-from debiascl.data.augment import build_augment
+from debiascl.data.augment import EvalTransform, build_augment
 from debiascl.data.build import DataBundle, build_data, make_loader
 from debiascl.errors import CheckpointError, ConfigError, TrainingError
 from debiascl.methods import build_objective
@@ -108,6 +108,11 @@ class Trainer:
         self.objective: ContrastiveObjective = build_objective(cfg, self.info).to(self.device)
         self.adversary = self._build_adversary()
         self.augment: nn.Module = build_augment(cfg.data).to(self.device)
+        self.eval_transform: nn.Module | None = None  # the adversary's clean view, if asked for
+        if self.adversary is not None and cfg.fairness.adversary_view == "clean":
+            self.eval_transform = EvalTransform(self.data.image_size, self.data.channels).to(
+                self.device
+            )
         self.train_loader = make_loader(
             self.data.train,
             self.local_batch,
@@ -180,6 +185,20 @@ class Trainer:
                 a, b = a.float(), b.float()
         return a, b
 
+    def _embed_clean(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(b, D) image embedding of the un-augmented batch, in the graph (for the adversary).
+
+        ``fairness.adversary_view=clean``: the adversary should see what evaluation sees (random
+        crops can cut an attribute such as a border away from the training views). One extra
+        forward of the evaluation transform through the same (DDP) model after the contrastive
+        one; the text tower's output is discarded (MiniLM caches frozen text).
+        """
+        images = self.eval_transform(batch["image"].to(self.device, non_blocking=True))
+        with autocast(self.device, self.amp_dtype):
+            if self.cfg.data.mode == "image_image":
+                return self.ddp_model(images).float()
+            return self.ddp_model(images, list(batch["text"]))[0].float()
+
     def train_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
         ids = batch["index"].to(self.device)
         labels = batch.get("label")
@@ -191,7 +210,8 @@ class Trainer:
         loss = out.loss
         logs = {"loss": float(out.value), **out.logs}
         if self.adversary is not None:
-            adv_loss, adv_logs = self.adversary.training_term(a, b, batch, ctx)
+            clean = self._embed_clean(batch) if self.eval_transform is not None else None
+            adv_loss, adv_logs = self.adversary.training_term(a, b, batch, ctx, clean=clean)
             loss = loss + adv_loss
             logs.update(adv_logs)
         if not torch.isfinite(loss):
