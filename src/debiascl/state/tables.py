@@ -149,6 +149,7 @@ class SampleTable(nn.Module):
 
         Under a process group (and ``sync=True``) this is a collective: every rank must call it
         with the same n. Afterwards every rank's table holds the rows of the whole global batch.
+        Rows containing NaN or inf are not stored (the previous values stay).
         """
         if rows.dim() != 2 or rows.shape != (ids.shape[0], len(self.columns)):
             raise DataError(
@@ -161,7 +162,12 @@ class SampleTable(nn.Module):
         if self.validate:
             self.check_ids(ids, unique=True)
         dev = self.data.device
-        self.data.index_copy_(0, ids.to(dev, non_blocking=True), rows.to(dev, non_blocking=True))
+        ids, rows = ids.to(dev, non_blocking=True), rows.to(dev, non_blocking=True)
+        # A non-finite row (from a NaN step that train.on_nonfinite=skip will discard) keeps the
+        # stored values: a table entry is never valid as NaN/inf. No host synchronisation.
+        finite = torch.isfinite(rows).all(dim=1, keepdim=True)
+        rows = torch.where(finite, rows, self.data.index_select(0, ids))
+        self.data.index_copy_(0, ids, rows)
 
     @torch.no_grad()
     def reset(self, ids: torch.Tensor | None = None) -> None:
