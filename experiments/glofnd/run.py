@@ -72,13 +72,8 @@ STUDIES: dict[str, list[tuple[str, str, list[str]]]] = {
         )
         for b1, lr in ((0.9, 0.05), (0.5, 0.05), (0.5, 0.02))
     ],
-    "image_warm": [
-        ("fnc", "fmnist_simclr_fnc", []),
-        ("glofnd_warm", "fmnist_simclr_glofnd", []),
-    ],
     "text_warm": [
         ("fnc", "fmnist_clip_fnc", []),
-        ("glofnd_zero", "fmnist_clip_glofnd", [*ZERO]),
         ("glofnd_warm", "fmnist_clip_glofnd", []),
     ],
 }
@@ -127,7 +122,6 @@ DETECTION: list[tuple[str, str, bool]] = [
 
 
 METRICS["text_warm"] = METRICS["text"]
-METRICS["image_warm"] = METRICS["image"]
 
 
 def _get(tree: dict[str, Any], path: str) -> float:
