@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 from debiascl.cli import main
 from debiascl.config import load_config
 from debiascl.errors import DataError
-from debiascl.report import aggregate_runs, markdown_table
+from debiascl.report import aggregate_runs, markdown_table, mean_std, metric_at
 
 
 def _fake_run(root: Path, name: str, seed: int, lr: float, lp: float, knn: float) -> Path:
@@ -55,3 +56,14 @@ def test_cli_report_and_unfinished_run(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["report", str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("debiascl: error:") and err.count("\n") == 1
+
+
+def test_metric_at_and_mean_std() -> None:
+    tree = {"a": {"b": 0.5, "flag": True}, "n": 3}
+    assert metric_at(tree, "a/b") == 0.5 and metric_at(tree, "n") == 3.0
+    assert math.isnan(metric_at(tree, "a/missing")) and math.isnan(metric_at(tree, "a/flag"))
+    m, s = mean_std([1.0, 2.0, math.nan, 4.0])
+    assert m == pytest.approx(statistics.fmean([1, 2, 4]))
+    assert s == pytest.approx(statistics.stdev([1, 2, 4]))
+    assert mean_std([5.0]) == (5.0, 0.0)
+    assert all(math.isnan(v) for v in mean_std([math.nan]))

@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from debiascl.report import mean_std, metric_at
 
 STUDIES: dict[str, list[str]] = {
     "imbalance": [
@@ -58,15 +59,6 @@ METRICS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def _get(tree: dict[str, Any], path: str) -> float:
-    node: Any = tree
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return math.nan
-        node = node[part]
-    return float(node) if isinstance(node, int | float) else math.nan
-
-
 def _epochs(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text().strip().splitlines()
     return [json.loads(line) for line in lines]
@@ -78,17 +70,7 @@ def run_one(config: str, seed: int, run_dir: Path) -> None:
 
     cfg = load_config(config, [f"seed={seed}", f"output_dir={run_dir.parent}"])
     trainer = Trainer(cfg, run_dir=run_dir)
-    trainer.fit(evaluate=True)
-    artifacts = getattr(trainer.objective.loss_fn, "artifacts", None)
-    for name, payload in (artifacts() if callable(artifacts) else {}).items():
-        (run_dir / name).write_text(json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+    trainer.fit(evaluate=True)  # also writes eta_summary.json into run_dir
 
 
 def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
@@ -102,7 +84,7 @@ def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
             summary = json.loads((run_dir / "summary.json").read_text())
             epochs = _epochs(run_dir)
             last = epochs[-1]
-            rec = {label: _get(summary, path) for label, path in METRICS[study]}
+            rec = {label: metric_at(summary, path) for label, path in METRICS[study]}
             diag = summary.get("fn_detection", {})
             first = epochs[0].get("negatives/clamped_fraction")
             rec["clamped fraction (epoch 1)"] = math.nan if first is None else float(first)
@@ -118,7 +100,7 @@ def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
         rows[config] = {
             "seeds": [r["seed"] for r in per_seed],
             "per_seed": per_seed,
-            "mean_std": {k: _mean_std([r[k] for r in per_seed]) for k in keys},
+            "mean_std": {k: mean_std([r[k] for r in per_seed]) for k in keys},
         }
     result = {"study": study, "seeds": seeds, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from debiascl.report import mean_std, metric_at
+
 # the study's first GloFND settings: zero Adam moments, beta1 0.9
 ZERO = ["negatives.moment_init=zero", "negatives.beta1=0.9", "negatives.lr=0.05"]
 WARM = ["negatives.moment_init=binomial"]
@@ -124,28 +126,12 @@ DETECTION: list[tuple[str, str, bool]] = [
 METRICS["text_warm"] = METRICS["text"]
 
 
-def _get(tree: dict[str, Any], path: str) -> float:
-    node: Any = tree
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return math.nan
-        node = node[part]
-    return float(node) if isinstance(node, int | float) else math.nan
-
-
 def run_one(config: str, overrides: list[str], seed: int, run_dir: Path) -> None:
     from debiascl.config import load_config
     from debiascl.train.trainer import Trainer
 
     cfg = load_config(config, [*overrides, f"seed={seed}", f"output_dir={run_dir.parent}"])
     Trainer(cfg, run_dir=run_dir).fit(evaluate=True)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
 def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
@@ -158,13 +144,13 @@ def aggregate(study: str, out: Path, seeds: list[int]) -> dict[str, Any]:
             path = out / label / f"seed{seed}" / "summary.json"
             if path.exists():
                 summary = json.loads(path.read_text())
-                rec = {name: _get(summary, key) for name, key, _ in columns}
+                rec = {name: metric_at(summary, key) for name, key, _ in columns}
                 per_seed.append({"seed": seed, **rec})
         if per_seed:
             rows[label] = {
                 "seeds": [r["seed"] for r in per_seed],
                 "per_seed": per_seed,
-                "mean_std": {n: _mean_std([r[n] for r in per_seed]) for n, _, _ in columns},
+                "mean_std": {n: mean_std([r[n] for r in per_seed]) for n, _, _ in columns},
             }
     result = {"study": study, "seeds": seeds, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
@@ -220,7 +206,7 @@ def epoch_table(study: str, out: Path, seeds: list[int]) -> str:
         for epoch, slot in sorted(by_epoch.items()):
             if statistics.fmean(slot["removed_fraction"]) == 0:
                 continue  # before the start epoch
-            cells = [f"{100 * _mean_std(slot[k])[0]:.1f}" for k in keys]
+            cells = [f"{100 * mean_std(slot[k])[0]:.1f}" for k in keys]
             lines.append(f"| {label} | {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

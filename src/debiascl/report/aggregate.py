@@ -35,6 +35,24 @@ DEFAULT_COLUMNS = {
 _IGNORED = {"seed", "name", "output_dir"}
 
 
+def metric_at(tree: dict[str, Any], path: str) -> float:
+    """The number at ``a/b/c`` in a nested results dict, or NaN when absent or not a number."""
+    node: Any = tree
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return math.nan
+        node = node[part]
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else math.nan
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (NaN, NaN when there are none)."""
+    vals = [v for v in values if math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
 def _setting_key(config: dict[str, Any]) -> str:
     kept = {k: v for k, v in config.items() if k not in _IGNORED}
     kept.get("checkpoint", {}).pop("resume", None)
