@@ -36,3 +36,14 @@ def test_readme_training_loop_example_runs() -> None:
     assert len(printed) == 7
     assert printed[-1][0]["removed_fraction"] > 0  # filtering started at epoch 5
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_readme_own_data_config_is_valid() -> None:
+    import yaml
+
+    from debiascl.config import config_from_dict
+
+    block = re.search(r"```yaml\n(.*?)```", README.read_text(), re.S).group(1)
+    cfg = config_from_dict(yaml.safe_load(block))
+    assert cfg.data.dataset == "manifest" and cfg.negatives.name == "glofnd"
+    assert cfg.fairness.enabled and cfg.fairness.attributes == ["sex", "race"]
