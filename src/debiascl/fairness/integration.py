@@ -391,9 +391,7 @@ def build_adversary(
         view=getattr(fc, "adversary_view", "augmented"),
         refit_every_epochs=int(getattr(fc, "refit_every_epochs", 0)),
         refit_steps=int(getattr(fc, "refit_steps", 200)),
-        refit_source=(model, data.train, data.image_size, data.channels)
-        if data is not None and getattr(data, "train", None) is not None
-        else None,
+        refit_source=(model, getattr(data, "train", None), cfg.data.image_size, cfg.data.channels),
     ).to(device)
 
 
