@@ -69,6 +69,7 @@ def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     may not (their state would not fit, or -- for ``optim.*``, whose values the optimiser and
     scheduler states restore -- a change would be silently ignored).
     """
+
     # exclude_defaults: a field added in a later version (with its default) leaves old
     # checkpoints loadable; only settings a user changed enter the hash.
     def dump(section: Any, exclude: set[str] | None = None) -> dict[str, Any]:
