@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from debiascl.config.schema import RunConfig
 from debiascl.data.info import DatasetInfo
 from debiascl.negatives.fnc import FNCDetector
@@ -17,22 +19,30 @@ def _directions(cfg: RunConfig) -> tuple[str, ...] | None:
     return None
 
 
+def _threshold_options(cfg: RunConfig) -> dict[str, Any]:
+    """Settings shared by the learned-threshold detectors (GloFND and the single threshold)."""
+    n = cfg.negatives
+    return {
+        "alpha": n.alpha,
+        "mode": cfg.data.mode,
+        "directions": _directions(cfg),
+        "start_epoch": n.start_epoch,
+        "update_start_epoch": n.update_start_epoch,
+        "optimizer": n.optimizer,
+        "lr": n.lr,
+        "beta1": n.beta1,
+        "beta2": n.beta2,
+        "eps": n.eps,
+        "init": n.init,
+    }
+
+
 @DETECTORS.register("glofnd")
 def build_glofnd(cfg: RunConfig, info: DatasetInfo) -> GloFNDDetector:
     n = cfg.negatives
     return GloFNDDetector(
         num_samples=info.num_samples,
-        alpha=n.alpha,
-        mode=cfg.data.mode,
-        directions=_directions(cfg),
-        start_epoch=n.start_epoch,
-        update_start_epoch=n.update_start_epoch,
-        optimizer=n.optimizer,
-        lr=n.lr,
-        beta1=n.beta1,
-        beta2=n.beta2,
-        eps=n.eps,
-        init=n.init,
+        **_threshold_options(cfg),
         moment_init=n.moment_init,
         reset_on_resume=n.reset_on_resume,
         placement=n.table_placement,
@@ -46,20 +56,7 @@ def build_fnc(cfg: RunConfig, info: DatasetInfo) -> FNCDetector:
 
 @DETECTORS.register("single")
 def build_single(cfg: RunConfig, info: DatasetInfo) -> SingleThresholdDetector:
-    n = cfg.negatives
-    return SingleThresholdDetector(
-        alpha=n.alpha,
-        mode=cfg.data.mode,
-        directions=_directions(cfg),
-        start_epoch=n.start_epoch,
-        update_start_epoch=n.update_start_epoch,
-        optimizer=n.optimizer,
-        lr=n.lr,
-        beta1=n.beta1,
-        beta2=n.beta2,
-        eps=n.eps,
-        init=n.init,
-    )
+    return SingleThresholdDetector(**_threshold_options(cfg))
 
 
 @DETECTORS.register("oracle")
