@@ -51,6 +51,11 @@ def init_from_env(backend: str = "auto", timeout_s: float = 600.0) -> bool:
     return True
 
 
+# torch >= 2.10 renames the single-tensor collectives (same semantics); older versions lack them.
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums every rank's gradient for the local slice.
 
@@ -62,7 +67,7 @@ class _GatherWithGrad(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         world = dist.get_world_size()
         out = x.new_empty((world * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x.contiguous())
+        all_gather_single(out, x.contiguous())
         ctx.rows = x.shape[0]
         return out
 
@@ -71,7 +76,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         if dist.get_backend() == dist.Backend.NCCL:
             local = grad.new_empty((ctx.rows, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(local, grad, op=dist.ReduceOp.SUM)
+            reduce_scatter_single(local, grad, op=dist.ReduceOp.SUM)
             return local
         total = grad.clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)

@@ -12,9 +12,6 @@ import torch.distributed as dist
 
 from debiascl import distributed as dist_utils
 
-# torch >= 2.10 renames all_gather_into_tensor to all_gather_single (same semantics).
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
 
 @torch.no_grad()
 def all_gather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +30,7 @@ def all_gather_rows(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor
     n, c = rows.shape
     packed = torch.cat([ids.long().contiguous().view(torch.float32).view(n, 2), rows], dim=1)
     out = torch.empty(dist.get_world_size() * n, c + 2, dtype=packed.dtype, device=packed.device)
-    _all_gather_single(out, packed.contiguous())
+    dist_utils.all_gather_single(out, packed.contiguous())
     all_ids = out[:, :2].contiguous().view(torch.int64).view(-1)
     return all_ids, out[:, 2:]
 
