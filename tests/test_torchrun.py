@@ -57,3 +57,36 @@ def test_torchrun_two_processes_train_with_glofnd(tmp_path: Path) -> None:
     ckpt = sorted((run / "checkpoints").glob("epoch*.pt"))[-1]
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["step"] == 20
+
+
+def test_torchrun_adversarial_clean_view(tmp_path: Path) -> None:
+    """AdFair with the adversary on the un-augmented view (a second forward) under DDP."""
+    run = tmp_path / "adv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "debiascl.cli",
+        "train",
+        "synth_attr_adfair",
+        "--run-dir",
+        str(run),
+        "--no-eval",
+        "data.train_size=1024",
+        "train.epochs=1",
+        "model.text_encoder=bag_of_words",
+        "data.augment=light",
+        "fairness.adversary_view=clean",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert any(key.startswith("adv/") for key in record), sorted(record)
