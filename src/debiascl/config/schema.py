@@ -210,6 +210,26 @@ class FairnessConfig(Section):
         description="measure the group-mean gap in the metric of the within-group covariance "
         "(Fisher separation) instead of per-coordinate standardisation",
     )
+    mean_gap_conditional: bool = Field(
+        False,
+        description="measure the group-mean gap within each class (needs class labels) instead "
+        "of over the batch: zero only when no class keeps its own attribute direction",
+    )
+    mean_gap_momentum: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="decay per step of running estimates: with mean_gap_conditional, of the "
+        "(class, group) sums pooled with each batch's; with mean_gap_whiten, of the within-group "
+        "covariance used as the Fisher metric (0 = this batch only)",
+    )
+    mean_gap_shrinkage: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="with mean_gap_whiten: shrinkage of the within-group covariance towards "
+        "tr(S)/D * I (small values whiten the low-variance directions; need a running estimate)",
+    )
     adversary_view: Literal["augmented", "clean"] = Field(
         "augmented",
         description="what the adversary (and mean-gap penalty) sees: the embedding of the "

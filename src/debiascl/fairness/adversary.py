@@ -113,6 +113,7 @@ def group_mean_gap(
     weight: torch.Tensor | None = None,
     whiten: bool = False,
     shrinkage: float = 0.1,
+    metric: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Standardised spread of the attribute groups' mean embeddings (a linear-MMD penalty).
 
@@ -132,6 +133,12 @@ def group_mean_gap(
     (shrunk towards ``tr(S)/D * I`` by ``shrinkage``), ``sum_k p_k (mu_k - mu)^T S^-1 (mu_k - mu)
     / D``: a Fisher-discriminant separation, which also sees a small gap along a direction in
     which the groups barely vary (a tight, perfectly separable signal).
+
+    ``metric`` (D, D), with ``whiten=True``: a within-group covariance to use instead of the
+    batch's (e.g. a running estimate from :func:`within_group_covariance`; treated as a
+    constant). A batch of n rows estimates the small eigenvalues of S poorly when D is not much
+    smaller than n, which forces a large ``shrinkage``; but the attribute can sit exactly in those
+    low-variance directions, which a large ridge hides (``docs/experiments/fairness.md``).
     """
     keep = target >= 0
     if int(keep.sum()) < 2:
@@ -144,7 +151,7 @@ def group_mean_gap(
     var = (w[:, None] * (x - mu) ** 2).sum(0) / total
     sigma = (var + 1e-6).sqrt()
     means: list[tuple[torch.Tensor, torch.Tensor]] = []
-    within = x.new_zeros(x.shape[1], x.shape[1]) if whiten else None
+    within = x.new_zeros(x.shape[1], x.shape[1]) if whiten and metric is None else None
     for k in range(num_values):
         wk = w * (t == k)
         mass = wk.sum()
@@ -156,18 +163,113 @@ def group_mean_gap(
             xc = x - mu_k
             within = within + (wk[:, None] * xc).T @ xc
     gap = x.new_zeros(())
-    if within is None:
+    if not whiten:
         for mass, mu_k in means:
             gap = gap + (mass / total) * (((mu_k - mu) / sigma) ** 2).mean()
         return gap
     d = x.shape[1]
-    within = within / total
+    within = metric.detach().to(x) if metric is not None else within / total  # type: ignore[operator]
     ridge = shrinkage * within.diagonal().mean().clamp_min(1e-6)
     within = (1 - shrinkage) * within + ridge * torch.eye(d, device=x.device, dtype=x.dtype)
     diffs = torch.stack([mu_k - mu for _, mu_k in means], 1)  # (D, G)
     sol = torch.linalg.solve(within, diffs)
     shares = torch.stack([mass / total for mass, _ in means])
     return ((diffs * sol).sum(0) * shares).sum() / d
+
+
+@torch.no_grad()
+def within_group_covariance(
+    z: torch.Tensor,
+    target: torch.Tensor,
+    num_values: int,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(D, D) pooled (weighted) within-group covariance ``sum_k sum_{i in k} w_i (x_i - mu_k)
+    (x_i - mu_k)^T / sum_i w_i`` of the rows with ``target >= 0``, detached (zeros if none)."""
+    keep = target >= 0
+    x = z[keep].detach().float()
+    t = target[keep]
+    out = x.new_zeros(z.shape[1], z.shape[1])
+    if len(x) == 0:
+        return out
+    w = torch.ones(len(t), device=x.device) if weight is None else weight[keep].to(x)
+    for k in range(num_values):
+        wk = w * (t == k)
+        mass = wk.sum()
+        if float(mass) <= 0:
+            continue
+        xc = x - (wk[:, None] * x).sum(0) / mass
+        out += (wk[:, None] * xc).T @ xc
+    return out / w.sum().clamp_min(1e-12)
+
+
+def class_conditional_mean_gap(
+    z: torch.Tensor,
+    target: torch.Tensor,
+    labels: torch.Tensor,
+    num_values: int,
+    num_classes: int,
+    prior_sums: torch.Tensor | None = None,
+    prior_counts: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardised spread of the attribute groups' means *within each class* (conditional MMD).
+
+    ``sum_c p_c * mean_k mean_d ((mu_ck,d - mubar_c,d) / sigma_d)^2`` where mu_ck is the mean of
+    the rows of class c with attribute value k, mubar_c the unweighted mean of the mu_ck of class
+    c (every group counts equally), sigma_d the batch standard deviation of coordinate d and p_c
+    the share of classes with at least two groups (uniform). Zero exactly when, in every class,
+    all groups have the same mean: the attribute is then linearly mean-independent of z given
+    the class. :func:`group_mean_gap` with label balancing only zeroes the *average* of the
+    per-class gaps, which leaves per-class mark directions that a single linear probe
+    ``w = sum_c d_c`` still reads when the mark is independent of the class (equalised-odds
+    style conditioning; Louizos et al., ICLR 2016, linear kernel; Madras et al., ICML 2018).
+
+    Batch group means are noisy when the attribute is correlated with the class (few rows of the
+    minority group per class), so ``prior_sums`` (C, K, D) and ``prior_counts`` (C, K), the
+    detached, exponentially decayed sums and counts of earlier batches, are pooled in:
+    ``mu_ck = (S_ck + prior_sums_ck) / (n_ck + prior_counts_ck)`` gives the value; the gradient
+    is that of the current batch's mean ``S_ck / n_ck`` (earlier embeddings are constants), so
+    pooling lowers the variance of the estimated gap without scaling the gradient down by
+    ``n_ck / (n_ck + prior_counts_ck)`` (a moving-average estimator, as in SogCLR's u).
+
+    z (n, D); target (n,) attribute codes in [-1, num_values); labels (n,) class codes in
+    [-1, num_classes) (-1 = missing: the row is left out).
+    Returns ``(gap, batch_sums (C, K, D), batch_counts (C, K))``, the last two detached, for
+    the caller to fold into its running state.
+    """
+    keep = (target >= 0) & (labels >= 0)
+    d = z.shape[1]
+    x = z[keep].float()
+    t, y = target[keep].long(), labels[keep].long()
+    cell = y * num_values + t  # (m,) index of (class, value)
+    sums = x.new_zeros(num_classes * num_values, d).index_add(0, cell, x)
+    counts = x.new_zeros(num_classes * num_values).index_add(
+        0, cell, torch.ones_like(t, dtype=x.dtype)
+    )
+    sums, counts = sums.view(num_classes, num_values, d), counts.view(num_classes, num_values)
+    tot_s, tot_n = sums, counts
+    if prior_sums is not None and prior_counts is not None:
+        tot_s = sums + prior_sums.to(x).detach()
+        tot_n = counts + prior_counts.to(x).detach()
+    if len(x) < 2:
+        return z.sum() * 0.0, sums.detach(), counts.detach()
+    sigma = (x.var(0, unbiased=False) + 1e-6).sqrt()
+    present = tot_n > 0  # (C, K)
+    mu = tot_s / tot_n.clamp_min(1e-12)[..., None]
+    if prior_sums is not None and prior_counts is not None:
+        # value of the pooled mean, gradient of the batch mean: pooling must lower the noise of
+        # the gap, not shrink each row's gradient by n / (n + prior_count)
+        mu_b = sums / counts.clamp_min(1e-12)[..., None]
+        mu = mu.detach() + (mu_b - mu_b.detach()) * (counts > 0)[..., None]
+    n_groups = present.sum(1)  # (C,)
+    bar = (mu * present[..., None]).sum(1) / n_groups.clamp_min(1)[:, None]
+    dev = (((mu - bar[:, None]) / sigma) ** 2).mean(-1) * present  # (C, K)
+    per_class = dev.sum(1) / n_groups.clamp_min(1)
+    usable = n_groups >= 2
+    if not bool(usable.any()):
+        return z.sum() * 0.0, sums.detach(), counts.detach()
+    gap = per_class[usable].mean()
+    return gap, sums.detach(), counts.detach()
 
 
 def label_balance_table(

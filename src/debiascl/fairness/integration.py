@@ -58,8 +58,10 @@ from debiascl.config.schema import RunConfig
 from debiascl.errors import ConfigError, DataError, TrainingError
 from debiascl.fairness.adversary import (
     AdversarialFairness,
+    class_conditional_mean_gap,
     group_mean_gap,
     label_balance_table,
+    within_group_covariance,
 )
 from debiascl.fairness.adversary import build_adversary as _build_core
 
@@ -79,6 +81,11 @@ class TrainerAdversary(nn.Module):
         balance_table: torch.Tensor | None = None,
         mean_gap_weight: float = 0.0,
         mean_gap_whiten: bool = False,
+        mean_gap_conditional: bool = False,
+        mean_gap_momentum: float = 0.0,
+        mean_gap_shrinkage: float = 0.1,
+        num_classes: int = 0,
+        input_dim: int = 0,
         view: str = "augmented",
         refit_every_epochs: int = 0,
         refit_steps: int = 200,
@@ -106,6 +113,43 @@ class TrainerAdversary(nn.Module):
             self.register_buffer("last_refit_epoch", torch.tensor(-1))
         self.mean_gap_whiten = bool(mean_gap_whiten)
         self.mean_gap_weight = float(mean_gap_weight)
+        self.mean_gap_conditional = bool(mean_gap_conditional)
+        if not 0.0 <= float(mean_gap_momentum) < 1.0:
+            raise ConfigError(
+                f"fairness.mean_gap_momentum must be in [0, 1), got {mean_gap_momentum}"
+            )
+        self.mean_gap_momentum = float(mean_gap_momentum)
+        if not 0.0 < float(mean_gap_shrinkage) <= 1.0:
+            raise ConfigError(
+                f"fairness.mean_gap_shrinkage must be in (0, 1], got {mean_gap_shrinkage}"
+            )
+        self.mean_gap_shrinkage = float(mean_gap_shrinkage)
+        if self.mean_gap_whiten and self.mean_gap_momentum > 0 and not mean_gap_conditional:
+            if input_dim < 1:
+                raise ConfigError("fairness.mean_gap_momentum needs the adversary input_dim")
+            # running within-group covariance per attribute (the Fisher gap's metric); 0 steps
+            n_att = len(core.attributes)
+            self.register_buffer("gap_cov", torch.zeros(n_att, int(input_dim), int(input_dim)))
+            self.register_buffer("gap_cov_steps", torch.zeros(n_att))
+        if self.mean_gap_conditional:
+            if mean_gap_whiten:
+                raise ConfigError(
+                    "fairness.mean_gap_conditional does not support mean_gap_whiten; "
+                    "set one of them to false"
+                )
+            if num_classes < 2:
+                raise ConfigError(
+                    "fairness.mean_gap_conditional needs class labels in the training data "
+                    "(at least two classes); use labelled data or set it to false"
+                )
+            k_max = max(spec.num_classes for spec in core.attributes)
+            if input_dim < 1:
+                raise ConfigError("fairness.mean_gap_conditional needs the adversary input_dim")
+            dim = int(input_dim)
+            # decayed sums/counts of earlier batches' (class, value) cells, per attribute
+            n_att = len(core.attributes)
+            self.register_buffer("gap_sums", torch.zeros(n_att, num_classes, k_max, dim))
+            self.register_buffer("gap_counts", torch.zeros(n_att, num_classes, k_max))
         # (C, A, K_max) P(a)/P(a|y) weights per attribute column (fairness.balance=label)
         self.balance_table = balance_table
         self.normalize = normalize
@@ -261,8 +305,22 @@ class TrainerAdversary(nn.Module):
         if self.mean_gap_weight > 0:
             gap = z.new_zeros(())
             for j, spec in enumerate(self.core.attributes):
+                if self.mean_gap_conditional:
+                    g = self._conditional_gap(z, attrs, batch, j, spec.num_classes, ctx)
+                    logs[f"adv/{spec.name}/mean_gap"] = float(g.detach())
+                    gap = gap + g
+                    continue
                 wj = None if weights is None else weights[:, j]
-                g = group_mean_gap(z, attrs[:, j], spec.num_classes, wj, self.mean_gap_whiten)
+                metric = self._running_metric(z, attrs[:, j], spec.num_classes, wj, j, ctx)
+                g = group_mean_gap(
+                    z,
+                    attrs[:, j],
+                    spec.num_classes,
+                    wj,
+                    self.mean_gap_whiten,
+                    self.mean_gap_shrinkage,
+                    metric,
+                )
                 logs[f"adv/{spec.name}/mean_gap"] = float(g.detach())
                 gap = gap + g
             # same warm-up/schedule as the adversarial weight (relative to fairness.weight)
@@ -270,6 +328,70 @@ class TrainerAdversary(nn.Module):
             term = term + self.mean_gap_weight * scale * gap
         self._record(logs)
         return term, logs
+
+    def _running_metric(
+        self,
+        z: torch.Tensor,
+        target: torch.Tensor,
+        k: int,
+        weight: torch.Tensor | None,
+        j: int,
+        ctx: Any,
+    ) -> torch.Tensor | None:
+        """EMA of the batch within-group covariance of attribute j (None: use the batch's).
+
+        Bias-corrected like Adam's moments (divided by ``1 - m^t``), so the first steps are not
+        shrunk towards zero; outside training the state is read, not updated.
+        """
+        if not hasattr(self, "gap_cov"):
+            return None
+        m = self.mean_gap_momentum
+        if getattr(ctx, "training", True):
+            cov = within_group_covariance(z, target, k, weight).to(self.gap_cov)
+            self.gap_cov[j] = m * self.gap_cov[j] + (1 - m) * cov
+            self.gap_cov_steps[j] += 1
+        steps = float(self.gap_cov_steps[j])
+        if steps == 0:
+            return None
+        return self.gap_cov[j] / (1 - m**steps)
+
+    def _conditional_gap(
+        self,
+        z: torch.Tensor,
+        attrs: torch.Tensor,
+        batch: Mapping[str, Any],
+        j: int,
+        k: int,
+        ctx: Any,
+    ) -> torch.Tensor:
+        """Class-conditional gap of attribute j, pooled with the running (decayed) cell sums."""
+        labels = batch.get("label")
+        if labels is None:
+            raise DataError(
+                "fairness.mean_gap_conditional needs class labels in the batch; use labelled "
+                "data or set it to false"
+            )
+        y = torch.as_tensor(labels).long().to(z.device)
+        if z.shape[0] == 2 * y.shape[0]:  # both views carry the same labels
+            y = torch.cat([y, y])
+        if y.shape[0] != z.shape[0]:
+            raise DataError(f"{y.shape[0]} labels for {z.shape[0]} adversary rows")
+        if int(y.max()) >= self.gap_sums.shape[1]:
+            raise DataError(
+                f"class label {int(y.max())} is out of range for the "
+                f"{self.gap_sums.shape[1]} classes of the training data"
+            )
+        m = self.mean_gap_momentum
+        prior = (m * self.gap_sums[j, :, :k], m * self.gap_counts[j, :, :k]) if m > 0 else None
+        g, sums, counts = class_conditional_mean_gap(
+            z, attrs[:, j], y, k, self.gap_sums.shape[1], *(prior or (None, None))
+        )
+        if m > 0 and getattr(ctx, "training", True):
+            # the running state sees this rank's rows only (no all-reduce): each rank's estimate
+            # is already an average over its last ~1/(1-m) batches
+            self.gap_sums[j, :, :k] = m * self.gap_sums[j, :, :k] + sums.to(self.gap_sums)
+            self.gap_counts[j, :, :k] = m * self.gap_counts[j, :, :k] + counts.to(self.gap_counts)
+        return g
 
     def _maybe_refit(self, epoch: int) -> dict[str, float]:
         """Re-initialise and fit D at the first step of epochs k, 2k, ... (see module doc)."""
@@ -388,11 +510,25 @@ def build_adversary(
         balance_table=table,
         mean_gap_weight=float(getattr(fc, "mean_gap_weight", 0.0)),
         mean_gap_whiten=bool(getattr(fc, "mean_gap_whiten", False)),
+        mean_gap_conditional=bool(getattr(fc, "mean_gap_conditional", False)),
+        mean_gap_momentum=float(getattr(fc, "mean_gap_momentum", 0.0)),
+        mean_gap_shrinkage=float(getattr(fc, "mean_gap_shrinkage", 0.1)),
+        num_classes=_num_classes(data) if getattr(fc, "mean_gap_conditional", False) else 0,
+        input_dim=in_dim,
         view=getattr(fc, "adversary_view", "augmented"),
         refit_every_epochs=int(getattr(fc, "refit_every_epochs", 0)),
         refit_steps=int(getattr(fc, "refit_steps", 200)),
         refit_source=(model, getattr(data, "train", None), cfg.data.image_size, cfg.data.channels),
     ).to(device)
+
+
+def _num_classes(data: Any) -> int:
+    """Number of classes of the training data's labels (0 without labels)."""
+    labels = getattr(getattr(data, "train", None), "labels", None)
+    if labels is None:
+        return 0
+    labels = torch.as_tensor(labels)
+    return int(labels.max()) + 1 if bool((labels >= 0).any()) else 0
 
 
 def _balance_tables(data: Any, columns: Sequence[int], values: Sequence[int]) -> torch.Tensor:
