@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from debiascl import distributed as dist_utils
 from debiascl.errors import check
+from debiascl.numerics import unit_rows
 
 
 @dataclass
@@ -101,7 +101,7 @@ def simclr_pairs(
         f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}",
     )
     if normalize:
-        z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+        z1, z2 = unit_rows(z1, dim=1), unit_rows(z2, dim=1)
     b = z1.shape[0]
     all_z1, all_z2 = dist_utils.gather_with_grad(z1), dist_utils.gather_with_grad(z2)
     all_ids, all_labels = _gather_ids_labels(ids, labels)
@@ -150,7 +150,7 @@ def clip_pairs(
         f"{tuple(image.shape)} and {tuple(text.shape)}",
     )
     if normalize:
-        image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
+        image, text = unit_rows(image, dim=1), unit_rows(text, dim=1)
     b = image.shape[0]
     all_image, all_text = dist_utils.gather_with_grad(image), dist_utils.gather_with_grad(text)
     all_ids, all_labels = _gather_ids_labels(ids, labels)

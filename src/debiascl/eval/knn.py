@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from debiascl.errors import ConfigError, DataError, check
 from debiascl.eval._arrays import ArrayLike, float_matrix, label_vector, rows_per_chunk, same_width
+from debiascl.numerics import unit_rows
 
 
 def knn_scores(
@@ -57,8 +57,8 @@ def knn_scores(
     queries = float_matrix(test_x, "test_x", bank.device)
     same_width(bank, queries, "train_x", "test_x")
     dtype = torch.float64 if torch.float64 in (bank.dtype, queries.dtype) else torch.float32
-    bank = F.normalize(bank.to(dtype), dim=1)
-    queries = F.normalize(queries.to(dtype), dim=1)
+    bank = unit_rows(bank.to(dtype), dim=1)
+    queries = unit_rows(queries.to(dtype), dim=1)
     labels = label_vector(train_y, "train_y", bank.shape[0], bank.device)
     n_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     check(

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from debiascl.errors import ConfigError, DataError, check
 from debiascl.eval._arrays import ArrayLike, as_tensor, float_matrix, rows_per_chunk, same_width
+from debiascl.numerics import unit_rows
 
 
 def retrieval_ranks(
@@ -42,8 +42,8 @@ def retrieval_ranks(
     c = float_matrix(candidates, "candidates", q.device)
     same_width(q, c, "queries", "candidates")
     dtype = torch.float64 if torch.float64 in (q.dtype, c.dtype) else torch.float32
-    q = F.normalize(q.to(dtype), dim=1)
-    c = F.normalize(c.to(dtype), dim=1)
+    q = unit_rows(q.to(dtype), dim=1)
+    c = unit_rows(c.to(dtype), dim=1)
     if query_ids is None and candidate_ids is None:
         check(
             q.shape[0] == c.shape[0],

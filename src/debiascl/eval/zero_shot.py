@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from debiascl.errors import ConfigError, DataError, check
 from debiascl.eval._arrays import ArrayLike, as_numpy, float_matrix, label_vector, same_width
+from debiascl.numerics import unit_rows
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
@@ -55,8 +55,8 @@ def class_embeddings(
             f"encode_text must return a ({len(prompts)}, D) tensor for {len(prompts)} prompts",
             DataError,
         )
-        rows.append(F.normalize(emb.float(), dim=1).mean(dim=0))
-    return F.normalize(torch.stack(rows), dim=1)
+        rows.append(unit_rows(emb, dim=1).mean(dim=0))
+    return unit_rows(torch.stack(rows), dim=1)
 
 
 def zero_shot_scores(
@@ -68,7 +68,7 @@ def zero_shot_scores(
     cls = float_matrix(class_emb, "class_emb", img.device)
     same_width(img, cls, "image_emb", "class_emb")
     dtype = torch.float64 if torch.float64 in (img.dtype, cls.dtype) else torch.float32
-    return logit_scale * F.normalize(img.to(dtype), dim=1) @ F.normalize(cls.to(dtype), dim=1).T
+    return logit_scale * unit_rows(img.to(dtype), dim=1) @ unit_rows(cls.to(dtype), dim=1).T
 
 
 def zero_shot_accuracy(scores: ArrayLike, labels: ArrayLike) -> float:

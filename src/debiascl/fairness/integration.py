@@ -51,7 +51,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from debiascl import distributed
 from debiascl.config.schema import RunConfig
@@ -64,6 +63,7 @@ from debiascl.fairness.adversary import (
     within_group_covariance,
 )
 from debiascl.fairness.adversary import build_adversary as _build_core
+from debiascl.numerics import unit_rows
 
 
 class TrainerAdversary(nn.Module):
@@ -221,7 +221,7 @@ class TrainerAdversary(nn.Module):
                     "fairness.adversary_view=clean needs the (b, D) embedding of the "
                     "un-augmented batch as training_term(..., clean=...)"
                 )
-            return (F.normalize(clean, dim=-1) if self.normalize else clean), attrs
+            return (unit_rows(clean) if self.normalize else clean), attrs
         if self.on == "feature":
             feat, self._feature = self._feature, None
             rows = a.shape[0] * (2 if self._doubled else 1)
@@ -236,7 +236,7 @@ class TrainerAdversary(nn.Module):
                 return feat, torch.cat([attrs, attrs])
             return feat, attrs
         if self.normalize:  # the direction is what the cosine loss and zero-shot use
-            a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+            a, b = unit_rows(a), unit_rows(b)
         if self.on == "text":
             return b, attrs
         if self.mode == "image_image":  # both views carry the same attributes
@@ -403,7 +403,7 @@ class TrainerAdversary(nn.Module):
         device = self.last_refit_epoch.device
         z = _embed_dataset(model, train.images, size, channels, self.on == "feature", device)
         if self.normalize and self.on != "feature":
-            z = F.normalize(z, dim=-1)
+            z = unit_rows(z)
         attrs = torch.as_tensor(train.attrs).long()
         attrs = (attrs[:, None] if attrs.ndim == 1 else attrs)[:, self.columns].to(device)
         labels = getattr(train, "labels", None)

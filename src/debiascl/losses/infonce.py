@@ -11,12 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from debiascl.errors import check
+from debiascl.numerics import at_least_float32, unit_rows
 from debiascl.pairs import clip_pairs, simclr_pairs
-
-
-def at_least_float32(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; half precisions become float32 (exp overflows fp16 at low t)."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def masked_info_nce(
@@ -114,7 +110,7 @@ def plain_cross_entropy_clip(
 
     The fast path used by benchmarks to compare against :func:`clip_loss`.
     """
-    image, text = F.normalize(image, dim=1), F.normalize(text, dim=1)
+    image, text = unit_rows(image, dim=1), unit_rows(text, dim=1)
     logits = logit_scale * image @ text.T
     target = torch.arange(image.shape[0], device=image.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
