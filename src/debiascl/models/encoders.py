@@ -81,14 +81,31 @@ def build_image_encoder(
     width: int = 16,
     small_image_stem: bool = True,
     pretrained: bool = False,
+    weights: str | None = None,
 ) -> nn.Module:
-    """``small_cnn``, ``resnet18``, ``resnet50`` or ``timm:<model name>``."""
-    if name == "small_cnn":
-        return SmallCNN(in_channels, width)
+    """``small_cnn``, ``resnet18|34|50``, ``timm:<model name>`` or ``efficientnet_lite0``.
+
+    With ``weights`` (a local state-dict file) or ``pretrained``, torchvision/timm towers keep
+    their standard RGB stem and take debiascl-normalised input through an input adapter
+    (:mod:`debiascl.models.pretrained`); ``efficientnet_lite0`` always does.
+    """
+    from debiascl.models import pretrained as pt
+
+    if name == "efficientnet_lite0":
+        return pt.efficientnet_lite0_encoder(weights, pretrained)
+    if weights is not None and name == "small_cnn":
+        raise ConfigError("model.weights needs a resnet, timm:<name> or efficientnet_lite0 encoder")
     if name in ("resnet18", "resnet34", "resnet50"):
+        if weights is not None or pretrained:
+            return pt.torchvision_resnet_encoder(name, weights, pretrained)
         return _torchvision_resnet(name, in_channels, small_image_stem, pretrained)
     if name.startswith("timm:"):
+        if weights is not None or pretrained:
+            return pt.timm_encoder(name.removeprefix("timm:"), weights, pretrained)
         return _TimmEncoder(name.removeprefix("timm:"), in_channels, pretrained)
+    if name == "small_cnn":
+        return SmallCNN(in_channels, width)
     raise ConfigError(
-        f"unknown encoder {name!r}; choose small_cnn, resnet18, resnet34, resnet50 or timm:<name>"
+        f"unknown encoder {name!r}; choose small_cnn, resnet18, resnet34, resnet50, timm:<name>, "
+        "efficientnet_lite0 or open_clip:<architecture>"
     )

