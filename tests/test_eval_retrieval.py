@@ -44,11 +44,16 @@ def test_recall_matches_brute_force(max_elements):
     np.testing.assert_array_equal(retrieval_ranks(img, txt, max_elements=max_elements), i2t)
 
 
-def test_identical_embeddings_give_perfect_recall():
+def test_duplicated_embedding_ties_count_half_unless_grouped():
     img, _ = paired(1)
     img[5] = img[9]  # a duplicated caption: its twin ties with the ground truth
     out = retrieval_eval(torch.tensor(img), torch.tensor(img))
-    for direction in out.values():
+    for direction in out.values():  # queries 5 and 9 each hit at rank 1 with chance 1/2
+        assert direction == pytest.approx({"R@1": 49 / 50, "R@5": 1.0, "R@10": 1.0})
+    ids = np.arange(50)
+    ids[9] = 5  # group ids make the twin a correct candidate too
+    grouped = retrieval_eval(torch.tensor(img), torch.tensor(img), image_ids=ids, text_ids=ids)
+    for direction in grouped.values():
         assert all(v == 1.0 for v in direction.values())
 
 

@@ -4,7 +4,8 @@ Extract features once per split with :func:`extract_features`, then run any prot
 arrays: :func:`linear_probe` / :func:`few_shot_probe`, :func:`knn_eval`, zero-shot
 (:func:`class_embeddings`, :func:`zero_shot_eval`), :func:`retrieval_eval`; print results with
 :func:`format_table`. Inputs are numpy arrays or torch tensors; outputs are dicts of floats with
-accuracies in [0, 1].
+accuracies in [0, 1]. Exact ties in any ranking count by their expected value over a random
+order of the tied items (:mod:`debiascl.eval.ties`), so ties never favour the ground truth.
 """
 
 from debiascl.eval.features import FeatureSet, extract_features
@@ -21,11 +22,14 @@ from debiascl.eval.linear_probe import (
 )
 from debiascl.eval.report import MAIN_COLUMNS, flatten_results, format_table
 from debiascl.eval.retrieval import (
+    RankCounts,
     caption_group_ids,
     recall_at_k,
     retrieval_eval,
+    retrieval_rank_counts,
     retrieval_ranks,
 )
+from debiascl.eval.ties import class_hit_rate, hit_probability
 from debiascl.eval.zero_shot import (
     DEFAULT_TEMPLATES,
     class_embeddings,
@@ -39,15 +43,18 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "MAIN_COLUMNS",
     "FeatureSet",
+    "RankCounts",
     "caption_group_ids",
     "class_balanced_subset",
     "class_embeddings",
+    "class_hit_rate",
     "extract_features",
     "few_shot_probe",
     "few_shot_subset",
     "flatten_results",
     "format_table",
     "fraction_key",
+    "hit_probability",
     "knn_eval",
     "knn_predict",
     "knn_scores",
@@ -57,6 +64,7 @@ __all__ = [
     "raw_pixel_probe",
     "recall_at_k",
     "retrieval_eval",
+    "retrieval_rank_counts",
     "retrieval_ranks",
     "select_C",
     "zero_shot_accuracy",

@@ -6,20 +6,32 @@ queries whose ground truth is among the K most cosine-similar candidates. Option
 generalise this to several correct candidates per query (e.g. 5 captions per image, or identical
 template captions): any candidate with the query's id counts.
 
-Ties: a query's rank is the number of *incorrect* candidates scoring strictly higher than its
-best correct candidate, i.e. exact ties are resolved in favour of the ground truth. Exact ties
-only arise from identical embeddings (duplicated captions), which are indistinguishable anyway.
+Ties: candidates with exactly equal scores are ordered uniformly at random and Recall@K is the
+exact expectation over that order (:mod:`debiascl.eval.ties`, the rule of every ranking metric
+here). A tie never favours the ground truth: a collapsed encoder (all embeddings equal) gets
+R@K = K / N, chance, not 1. Duplicated captions that should all count as correct need group ids
+(:func:`caption_group_ids`), not ties.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from debiascl.errors import ConfigError, DataError, check
 from debiascl.eval._arrays import ArrayLike, as_tensor, float_matrix, rows_per_chunk, same_width
+from debiascl.eval.ties import expected_rank, hit_probability
 from debiascl.numerics import unit_rows
+
+
+class RankCounts(NamedTuple):
+    """Per query (Q,) int64 counts around its best correct candidate (see :mod:`.ties`)."""
+
+    better: torch.Tensor  # incorrect candidates scoring strictly higher
+    tied: torch.Tensor  # incorrect candidates scoring exactly the same
+    tied_correct: torch.Tensor  # correct candidates scoring exactly the same (>= 1)
 
 
 def retrieval_ranks(
@@ -29,7 +41,24 @@ def retrieval_ranks(
     candidate_ids: ArrayLike | None = None,
     max_elements: int = 1 << 24,
 ) -> torch.Tensor:
-    """(Q,) int64 zero-based rank of each query's best correct candidate (0 = top hit).
+    """(Q,) float64 expected zero-based rank of each query's first correct candidate (0 = top).
+
+    Equal to the plain integer rank when nothing ties; with ties, the expectation over a random
+    order of the tied candidates. Arguments as in :func:`retrieval_rank_counts`.
+    """
+    return expected_rank(
+        *retrieval_rank_counts(queries, candidates, query_ids, candidate_ids, max_elements)
+    )
+
+
+def retrieval_rank_counts(
+    queries: ArrayLike,
+    candidates: ArrayLike,
+    query_ids: ArrayLike | None = None,
+    candidate_ids: ArrayLike | None = None,
+    max_elements: int = 1 << 24,
+) -> RankCounts:
+    """Counts that fix each query's rank distribution under random tie order.
 
     Args:
         queries: (Q, D) query embeddings; normalised here.
@@ -66,7 +95,7 @@ def retrieval_ranks(
             f"{cid.shape[0]} candidate ids for {c.shape[0]} candidates",
             DataError,
         )
-    ranks = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
+    counts = [torch.empty(q.shape[0], dtype=torch.long, device=q.device) for _ in range(3)]
     step = rows_per_chunk(c.shape[0], max_elements)
     for start in range(0, q.shape[0], step):
         sim = q[start : start + step] @ c.T  # (r, M)
@@ -77,9 +106,12 @@ def retrieval_ranks(
             "check query_ids and candidate_ids",
             DataError,
         )
-        best = sim.masked_fill(~correct, float("-inf")).max(dim=1).values
-        ranks[start : start + step] = ((sim > best[:, None]) & ~correct).sum(dim=1)
-    return ranks
+        best = sim.masked_fill(~correct, float("-inf")).max(dim=1, keepdim=True).values
+        rows = slice(start, start + step)
+        counts[0][rows] = ((sim > best) & ~correct).sum(dim=1)
+        counts[1][rows] = ((sim == best) & ~correct).sum(dim=1)
+        counts[2][rows] = ((sim == best) & correct).sum(dim=1)
+    return RankCounts(*counts)
 
 
 def caption_group_ids(texts: Sequence[str]) -> torch.Tensor:
@@ -94,10 +126,18 @@ def caption_group_ids(texts: Sequence[str]) -> torch.Tensor:
     return torch.tensor([groups.setdefault(t, len(groups)) for t in texts], dtype=torch.long)
 
 
-def recall_at_k(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """``{"R@k": fraction of ranks < k}`` for each k."""
+def recall_at_k(
+    ranks: torch.Tensor | RankCounts, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
+    """``{"R@k": ...}`` for each k.
+
+    ``ranks``: a :class:`RankCounts` (from :func:`retrieval_rank_counts`; ties count by their
+    expected hit, the library's rule), or (Q,) tie-free 0-based ranks (fraction of ranks < k).
+    """
     for k in ks:
         check(k >= 1, f"recall cut-offs must be >= 1, got {k}", ConfigError)
+    if isinstance(ranks, RankCounts):
+        return {f"R@{k}": float(hit_probability(*ranks, k).mean()) for k in ks}
     return {f"R@{k}": float((ranks < k).double().mean()) for k in ks}
 
 
@@ -118,8 +158,9 @@ def retrieval_eval(
         image_ids, text_ids: optional group ids (see :func:`retrieval_ranks`).
 
     Returns:
-        ``{"image_to_text": {"R@1", "R@5", "R@10"}, "text_to_image": {...}}``, values in [0, 1].
+        ``{"image_to_text": {"R@1", "R@5", "R@10"}, "text_to_image": {...}}``, values in [0, 1];
+        exact ties count by their expected hit (see the module docstring).
     """
-    i2t = retrieval_ranks(image_emb, text_emb, image_ids, text_ids, max_elements)
-    t2i = retrieval_ranks(text_emb, image_emb, text_ids, image_ids, max_elements)
+    i2t = retrieval_rank_counts(image_emb, text_emb, image_ids, text_ids, max_elements)
+    t2i = retrieval_rank_counts(text_emb, image_emb, text_ids, image_ids, max_elements)
     return {"image_to_text": recall_at_k(i2t, ks), "text_to_image": recall_at_k(t2i, ks)}

@@ -18,9 +18,25 @@ from sklearn.metrics import roc_auc_score
 
 from debiascl.errors import ConfigError, DataError, check
 from debiascl.eval._arrays import ArrayLike, as_numpy, float_matrix, label_vector, same_width
+from debiascl.eval.ties import class_hit_rate
 from debiascl.numerics import unit_rows
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+
+#: Dataset-neutral prompt ensemble (CLIP style, Radford et al. 2021): no colour, modality or
+#: domain words, so it suits colour photos, grey scans and anything in between. Zero-shot
+#: evaluation uses it for data that bring their own captions; set ``eval.zero_shot_templates``
+#: for prompts worded like your captions (e.g. "a chest X-ray showing {}.").
+GENERIC_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a close-up photo of a {}.",
+    "a cropped photo of a {}.",
+    "a good photo of a {}.",
+    "a photo of the {}.",
+    "a low-resolution photo of a {}.",
+)
 
 
 @torch.no_grad()
@@ -72,7 +88,11 @@ def zero_shot_scores(
 
 
 def zero_shot_accuracy(scores: ArrayLike, labels: ArrayLike) -> float:
-    """Top-1 accuracy in [0, 1] of (N, C) class scores against (N,) labels."""
+    """Top-1 accuracy in [0, 1] of (N, C) class scores against (N,) labels.
+
+    A row whose true class ties with c other classes at the top counts 1 / (c + 1), its
+    expected hit under a random order of the tied classes (:mod:`debiascl.eval.ties`).
+    """
     s = float_matrix(scores, "scores")
     y = label_vector(labels, "labels", s.shape[0], s.device)
     check(
@@ -80,7 +100,7 @@ def zero_shot_accuracy(scores: ArrayLike, labels: ArrayLike) -> float:
         f"labels reach {int(y.max())} but scores have only {s.shape[1]} classes",
         DataError,
     )
-    return float((s.argmax(dim=1) == y).double().mean())
+    return float(class_hit_rate(s, y, 1).mean())
 
 
 def one_vs_rest_auc(
