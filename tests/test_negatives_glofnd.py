@@ -36,7 +36,7 @@ def test_lambda_objective_minimiser_is_kth_largest(n, alpha):
         assert best < lambda_objective(srt[k].item(), r, alpha)
     if k > 1:
         assert best < lambda_objective(srt[k - 2].item(), r, alpha)
-    # The library's batch quantile is the same order statistic.
+    # The library's order statistic for this rank is the same value.
     got = kth_largest(
         r.float()[None], torch.ones(1, n, dtype=torch.bool), quantile_rank(torch.tensor([n]), alpha)
     )
@@ -162,11 +162,8 @@ def test_batch_quantile_init_then_bias_corrected_adam():
     sim = batch.sim.detach().double()
     pooled = torch.cat([sim[:b], sim[b:]], dim=1)
     negs = torch.cat([batch.neg_mask[:b], batch.neg_mask[b:]], dim=1)
-    q = []
-    for i in range(b):
-        vals = torch.sort(pooled[i][negs[i]], descending=True).values
-        q.append(vals[math.ceil(alpha * vals.numel()) - 1])
-    q = torch.stack(q)
+    # the batch quantile rule: torch's default (linear) quantile of the pooled negatives
+    q = torch.stack([torch.quantile(pooled[i][negs[i]], 1 - alpha) for i in range(b)])
     rows = det.tables["image"].read(ids).double()
     torch.testing.assert_close(rows[:, 0], q, atol=1e-7, rtol=0)
     assert rows[:, 1:3].abs().sum() == 0 and rows[:, 3].tolist() == [1.0] * b

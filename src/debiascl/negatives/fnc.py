@@ -1,9 +1,10 @@
-"""FNC baseline: remove each row's batch top-alpha negatives (a per-row batch quantile).
+"""FNC baseline: remove each row's negatives above its batch (1 - alpha)-quantile.
 
 Huynh et al., "Boosting contrastive self-supervised learning with false negative cancellation",
-WACV 2022, in its elimination form; GloFND's batch-only baseline. Each anchor row removes its
-round(alpha * n) most similar negatives (n = the row's negatives), i.e. keeps s_ij below its batch
-(1 - alpha)-quantile. Stateless.
+WACV 2022, in its elimination form; GloFND's batch-only baseline. Each anchor row keeps the
+negatives with s_ij <= q_i, q_i its batch (1 - alpha)-quantile under the rule of
+:mod:`debiascl.negatives.thresholds` (numpy's default quantile): ceil(alpha (n - 1)) of its n
+negatives are removed when the similarities are distinct. Stateless.
 """
 
 from __future__ import annotations
@@ -11,23 +12,24 @@ from __future__ import annotations
 import torch
 
 from debiascl.negatives.base import ScheduledDetector
-from debiascl.negatives.thresholds import kth_largest
+from debiascl.negatives.thresholds import batch_quantile
 from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
 
 
 def batch_top_alpha_keep(sim: torch.Tensor, neg_mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """(A, M) keep-mask removing the round(alpha * n_i) largest negatives of each row.
+    """(A, M) keep-mask: False for the negatives above their row's batch (1 - alpha)-quantile.
 
-    Ties at the cut are removed together (a tie never splits identical similarities).
+    Args:
+        sim: (A, M) float similarities.
+        neg_mask: (A, M) bool negatives of each row.
+        alpha: fraction in (0, 1).
+
+    ceil(alpha * (n_i - 1)) negatives are removed per row when similarities are distinct; a tie
+    at the cut is kept together. Warns when alpha * n_i < 1 (see
+    :func:`~debiascl.negatives.thresholds.batch_quantile`). Entries outside ``neg_mask`` are True.
     """
-    n = neg_mask.sum(1)
-    k = torch.floor(n.double() * alpha + 0.5).long()
-    if not bool((k > 0).any()):
-        return torch.ones_like(neg_mask)
-    cut = kth_largest(sim, neg_mask, k.clamp_min(1))
-    cut = torch.where(k > 0, cut, torch.full_like(cut, float("inf")))
-    return sim < cut[:, None]
+    return (sim <= batch_quantile(sim, neg_mask, alpha)[:, None]) | ~neg_mask
 
 
 class FNCDetector(ScheduledDetector):

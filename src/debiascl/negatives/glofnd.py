@@ -31,14 +31,14 @@ from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.thresholds import (
     adam_threshold_step,
-    kth_largest,
-    quantile_rank,
+    batch_quantile,
     sgd_threshold_step,
     threshold_gradient,
 )
 from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import AnchorGroups, anchor_groups, direction_names
+from debiascl.state.sharded import Sharding, make_table
 from debiascl.state.tables import Placement, SampleTable
 
 LAMBDA_COLUMNS = ("lambda", "m", "v", "visits")
@@ -52,13 +52,13 @@ def pooled_quantile(
     alpha: float,
     subset: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Batch (1 - alpha)-quantile (k-th largest, k = ceil(alpha n)) of each id's negatives.
+    """Batch (1 - alpha)-quantile of each id's negatives (the rule of :func:`batch_quantile`).
 
     Unimodal ids pool the negatives of both views' rows. Returns (G,), or (len(subset),) for the
     group positions in ``subset`` only (a partial sort of just those rows).
     """
     if groups.layout == "general":
-        q = kth_largest(sim, neg_mask, quantile_rank(neg_mask.sum(1), alpha))
+        q = batch_quantile(sim, neg_mask, alpha)
         q = groups.pool_sum(q) / groups.rows_per_id()  # mean of the rows' quantiles
         return q if subset is None else q[subset]
     if groups.layout == "two_views":
@@ -68,7 +68,7 @@ def pooled_quantile(
         neg_mask = torch.cat([neg_mask[rows], neg_mask[rows + g]], dim=1)
     elif subset is not None:
         sim, neg_mask = sim[subset], neg_mask[subset]
-    return kth_largest(sim, neg_mask, quantile_rank(neg_mask.sum(1), alpha))
+    return batch_quantile(sim, neg_mask, alpha)
 
 
 class GloFNDDetector(ScheduledDetector):
@@ -95,6 +95,8 @@ class GloFNDDetector(ScheduledDetector):
             start small and grow only as gradients agree in sign.
         reset_on_resume: restore every threshold to its initial state after ``load_state_dict``.
         placement: table placement, ``"device"`` or ``"cpu"``.
+        sharding: ``"replicated"`` (every rank holds all N rows) or ``"sharded"`` (each rank
+            holds N / world_size; see :mod:`debiascl.state.sharded`).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class GloFNDDetector(ScheduledDetector):
         moment_init: str = "zero",
         reset_on_resume: bool = False,
         placement: Placement = "device",
+        sharding: Sharding = "replicated",
     ) -> None:
         super().__init__(alpha, start_epoch, update_start_epoch)
         if optimizer not in ("adam", "sgd"):
@@ -141,7 +144,7 @@ class GloFNDDetector(ScheduledDetector):
         self.reset_on_resume = reset_on_resume
         self.tables = nn.ModuleDict(
             {
-                name: SampleTable(num_samples, LAMBDA_COLUMNS, LAMBDA_DEFAULTS, placement)
+                name: make_table(num_samples, LAMBDA_COLUMNS, LAMBDA_DEFAULTS, placement, sharding)
                 for name in direction_names(mode, directions)
             }
         )

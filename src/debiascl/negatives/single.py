@@ -15,8 +15,7 @@ from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.glofnd import LAMBDA_COLUMNS, LAMBDA_DEFAULTS
 from debiascl.negatives.thresholds import (
     adam_threshold_step,
-    kth_largest,
-    quantile_rank,
+    batch_quantile,
     sgd_threshold_step,
     threshold_gradient,
 )
@@ -71,7 +70,7 @@ class SingleThresholdDetector(ScheduledDetector):
         lam, m, v, visits = table.read(zero).unbind(1)
         first = bool(visits[0] == 0) and self.init == "batch_quantile"
         if first:
-            q = kth_largest(sim, batch.neg_mask, quantile_rank(batch.neg_mask.sum(1), self.alpha))
+            q = batch_quantile(sim, batch.neg_mask, self.alpha)
             sums = torch.stack([q.sum(), torch.tensor(float(q.numel()), device=q.device)])
             sums = all_reduce_sum_(sums.double())
             new_lam = (sums[0] / sums[1]).float().view(1)

@@ -8,11 +8,20 @@ similarities R_i to all its negatives, by minimising
 whose minimiser is the k-th largest r with k = ceil(alpha |R_i|). A batch gives the stochastic
 (sub)gradient d_i = alpha - (fraction of anchor i's batch negatives with s_ij > lambda_i).
 Everything here is pure, no-grad tensor maths on float32 similarities.
+
+The batch quantile rule (one rule for FNC's removal and the ``batch_quantile`` initialisation of
+GloFND and its single-threshold variant): the batch (1 - alpha)-quantile q of a row's n negatives
+is numpy's and torch's default quantile (linear interpolation between order statistics, 0-based
+position (1 - alpha)(n - 1) in ascending order), and a negative is removed when s > q. With
+distinct similarities that removes exactly ceil(alpha (n - 1)) negatives per row; negatives tied
+at the cut are kept together. When alpha * n < 1 a batch cannot resolve the fraction alpha (the
+rule still removes one negative per row, a fraction 1/n > alpha) and :func:`batch_quantile` warns.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -26,6 +35,61 @@ def quantile_rank(n: torch.Tensor, alpha: float) -> torch.Tensor:
     """
     k = torch.ceil(n.double() * alpha - 1e-9).long()
     return torch.minimum(k.clamp_min(1), n.long().clamp_min(1))
+
+
+def removal_count(n: torch.Tensor, alpha: float) -> torch.Tensor:
+    """ceil(alpha * (n - 1)): negatives above the batch (1 - alpha)-quantile of n distinct values.
+
+    A tolerance keeps the count exact when alpha * (n - 1) is an integer up to float rounding.
+    """
+    return torch.ceil(alpha * (n.double() - 1.0).clamp_min(0.0) - 1e-9).long().clamp_min(0)
+
+
+def batch_quantile(sim: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(R,) batch (1 - alpha)-quantile of each row's masked entries (the module's rule).
+
+    Args:
+        sim: (R, M) float similarities.
+        mask: (R, M) bool, True for a row's negatives.
+        alpha: target fraction in (0, 1).
+
+    Returns:
+        (R,) in ``sim``'s dtype: linear interpolation between order statistics, equal to
+        ``torch.quantile(row, 1 - alpha)`` of the masked entries up to rounding, and rounded down
+        so that ``s > q`` removes exactly the entries the exact quantile removes. Rows without
+        negatives give -inf.
+
+    Warns (``UserWarning``) when alpha * n < 1 for some row with n >= 1 negatives.
+    """
+    n = mask.sum(1)
+    _warn_unresolved(n, alpha)
+    d = alpha * (n.double() - 1.0).clamp_min(0.0)  # 0-based position from the top
+    upper = torch.ceil(d - 1e-9).long()  # index (from the top) of the lower order statistic
+    lower = torch.floor(d + 1e-9).long().clamp(max=upper)
+    kmax = int(upper.max()) + 1 if upper.numel() else 1
+    top = sim.masked_fill(~mask, float("-inf")).topk(min(kmax, sim.shape[1]), dim=1).values
+    hi = top.gather(1, lower[:, None])[:, 0]  # the larger of the two order statistics
+    lo = top.gather(1, upper[:, None])[:, 0]
+    w = (upper.double() - d).clamp(0.0, 1.0)  # weight of the larger statistic
+    q = (lo.double() + w * (hi.double() - lo.double())).to(sim.dtype)
+    q = torch.where(hi > lo, torch.minimum(q, torch.nextafter(hi, lo)), lo)
+    return torch.where(n > 0, q, torch.full_like(q, float("-inf")))
+
+
+def _warn_unresolved(n: torch.Tensor, alpha: float) -> None:
+    counts = n[n > 0]
+    if not counts.numel():
+        return
+    smallest = int(counts.min())  # one host sync
+    if alpha * smallest < 1.0:
+        warnings.warn(
+            f"alpha={alpha} x {smallest} negatives per row = {alpha * smallest:.3g} < 1: the "
+            f"batch cannot resolve this fraction; the batch (1 - alpha)-quantile removes "
+            f"{max(1, math.ceil(alpha * (smallest - 1) - 1e-9)) if smallest > 1 else 0} of "
+            f"{smallest} negatives per row instead; use a larger batch or a larger alpha",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def kth_largest(sim: torch.Tensor, mask: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
