@@ -93,3 +93,48 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in lines]
+
+
+# ------------------------------------------------------------------ real processes
+def cli_train(
+    run_dir: Path, overrides: list[str] = (), config: str = "digits_simclr", **popen: Any
+) -> Any:
+    """Start ``debiascl train`` (TINY settings, no evaluation) as its own process group."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "debiascl.cli", "train", config, "--run-dir", str(run_dir)]
+    return subprocess.Popen(
+        [*args, "--no-eval", *TINY, *overrides],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **popen,
+    )
+
+
+def wait_for(condition: Any, proc: Any, timeout: float = 120.0, poll: float = 0.005) -> None:
+    """Poll ``condition()`` until true; fail if ``proc`` exits first or time runs out."""
+    import time
+
+    end = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            _out, err = proc.communicate()
+            raise AssertionError(f"the run ended (rc {proc.returncode}) first: {err[-2000:]}")
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting")
+        time.sleep(poll)
+
+
+def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Model parameters and objective tables of a checkpoint file (as :func:`tensors_of`)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    out = {f"model.{k}": v for k, v in state["model"].items()}
+    out.update(
+        {f"objective.{k}": v for k, v in state["objective"].items() if isinstance(v, torch.Tensor)}
+    )
+    return out

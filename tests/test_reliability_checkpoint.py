@@ -16,7 +16,7 @@ from debiascl.data.build import EpochShuffleSampler, make_loader
 from debiascl.errors import CheckpointError, TrainingError
 from debiascl.train import atomic
 from debiascl.train import checkpoint as ckpt
-from debiascl.train.resume import SkipFirstSampler, make_resumable
+from debiascl.train.resume import EpochStartSampler, make_resumable
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -156,6 +156,12 @@ def test_fingerprint_mismatch_is_never_skipped_by_latest(tmp_path):
         ("eval.knn_k=5", False),
         ("checkpoint.keep_last=9", False),
         ("negatives.reset_on_resume=true", False),
+        ("seed=1", True),  # picks the training subset and every epoch's order
+        ("data.subset_seed=4", True),
+        ("data.label_column=y", True),
+        ("data.root=/elsewhere", False),  # built-in dataset: a cache location only
+        ("data.test_size=50", False),  # evaluation only
+        ("data.test_manifest=t.csv", False),
     ],
 )
 def test_fingerprint_covers_what_must_match(override, changes):
@@ -182,17 +188,23 @@ def test_rng_capture_restores_torch_numpy_and_python(tmp_path):
 
 
 # ------------------------------------------------------------------ mid-epoch skip
-def test_skip_first_sampler_continues_the_same_permutation_once():
+def test_epoch_start_sampler_starts_every_iteration_of_the_resumed_epoch_there():
     base = EpochShuffleSampler(20, seed=5)
-    sampler = SkipFirstSampler(base)
+    sampler = EpochStartSampler(base)
     sampler.set_epoch(3)
     full = list(iter(base))
-    sampler.skip_next(7)
+    sampler.set_start(3, 7)
+    # A progress bar or a prefetching loader may iterate first: the position is not consumed.
     assert list(iter(sampler)) == full[7:]
-    assert list(iter(sampler)) == full  # one-shot
+    assert list(iter(sampler)) == full[7:]
+    sampler.set_epoch(4)  # the next epoch starts at its beginning, in its own order
+    base.set_epoch(4)
+    assert list(iter(sampler)) == list(iter(base)) != full
 
 
-def test_make_resumable_keeps_loader_length_and_skips_whole_batches():
+@pytest.mark.parametrize("workers", [0, 1])
+def test_make_resumable_keeps_loader_length_and_skips_whole_batches(workers):
+    from tqdm.auto import tqdm
 
     class Rows(torch.utils.data.Dataset):
         def __len__(self):
@@ -201,11 +213,44 @@ def test_make_resumable_keeps_loader_length_and_skips_whole_batches():
         def __getitem__(self, i):
             return {"index": i}
 
-    loader = make_loader(Rows(), 8, train=True, seed=0)
+    loader = make_loader(Rows(), 8, train=True, seed=0, num_workers=workers)
     skipper = make_resumable(loader)
     assert make_resumable(loader) is skipper
     assert len(loader) == 6
-    loader.sampler.set_epoch(1)
+    skipper.set_epoch(1)
     full = [b["index"].tolist() for b in loader]
-    skipper.skip_next(2 * 8)
+    skipper.set_start(1, 2 * 8)
+    # tqdm.auto calls iter() on its iterable once more before the loop's own pass (item 2 of
+    # issue 10): with a one-shot skip that first pass consumed it.
+    assert [b["index"].tolist() for b in tqdm(loader, disable=True)] == full[2:]
     assert [b["index"].tolist() for b in loader] == full[2:]
+
+
+def test_image_folder_root_names_the_data():
+    a = load_config("digits_simclr", ["data.dataset=image_folder", "data.root=/data/a"])
+    b = load_config("digits_simclr", ["data.dataset=image_folder", "data.root=/data/b"])
+    assert ckpt.data_fingerprint(a)["data.root"] == "/data/a"
+    assert ckpt.config_fingerprint(a, 10) != ckpt.config_fingerprint(b, 10)
+
+
+def test_data_fingerprint_leaves_out_evaluation_only_keys():
+    cfg = load_config("digits_simclr", ["data.test_size=40", "data.num_workers=2", "seed=3"])
+    keys = ckpt.data_fingerprint(cfg)
+    assert keys["seed"] == 3 and keys["data.dataset"] == "digits"
+    assert not {f"data.{k}" for k in ckpt.EVAL_ONLY_DATA_KEYS} & set(keys)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [("seed=1", "seed"), ("data.subset_seed=7", "data.subset_seed")],
+)
+def test_resume_with_other_data_settings_is_refused_naming_the_key(tmp_path, override, named):
+    """Issue 10 item 15: another seed trains another subset under the same sample ids."""
+    from reliability_helpers import make_trainer
+
+    make_trainer(tmp_path, ["train.max_steps=2"]).fit(evaluate=False)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    trainer = make_trainer(tmp_path, [override, "checkpoint.resume=latest"])
+    with pytest.raises(CheckpointError, match=rf"differs in: [^)]*\b{named}\b"):
+        trainer.fit(evaluate=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before

@@ -35,6 +35,7 @@ import torch
 from debiascl.config.schema import RunConfig
 from debiascl.errors import CheckpointError
 from debiascl.train.atomic import atomic_write
+from debiascl.train.legacy import SCALE_CHANGE
 
 logger = logging.getLogger("debiascl.train")
 
@@ -45,8 +46,12 @@ _NAME = re.compile(r"^epoch(\d+)-step(\d+)\.pt$")
 
 
 # ------------------------------------------------------------------------- fingerprints
-# Settings that only affect evaluation or I/O: a resume or `debiascl eval` may change them.
-_DATA_FREE = {"num_workers", "root", "on_bad_image", "test_size", "test_manifest"}
+# Data settings that only affect evaluation or I/O: a resume or `debiascl eval` may change them.
+#: ``root`` is only a download/cache location for the built-in datasets (moving the files to
+#: node-local scratch is fine); for ``manifest``/``image_folder`` it names the data (see
+#: :func:`data_fingerprint`).
+EVAL_ONLY_DATA_KEYS = frozenset({"num_workers", "on_bad_image", "test_size", "test_manifest"})
+_BUILTIN_DATASETS = {"fashion_mnist", "digits", "synthetic_attr"}
 _FAIRNESS_AUDIT = {
     "audit_attributes",
     "intersections",
@@ -60,14 +65,43 @@ _FAIRNESS_AUDIT = {
 }
 
 
+def data_fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that define the training data, its order and the sample-id space.
+
+    Keys are dotted config names (``data.train_size``, ``seed``, ...); values as in the config;
+    ``data.*`` settings at their default are left out (a missing key means "the default").
+    Covered: every ``data.*`` setting except :data:`EVAL_ONLY_DATA_KEYS` (the dataset, mode,
+    manifest and its columns, ``train_size``/``subset_seed``/``subsample_*``, image size,
+    channels, captions, augmentation) -- plus ``data.root`` where it names the data (manifest,
+    image folder) -- and the run ``seed``, which picks the training subset (without
+    ``data.subset_seed``) and every epoch's shuffling order, so a resumed epoch skips exactly the
+    samples the interrupted one trained on.
+    """
+    exclude = set(EVAL_ONLY_DATA_KEYS)
+    if cfg.data.dataset in _BUILTIN_DATASETS:
+        exclude.add("root")
+    # Settings left at their default are omitted (like the other parts): a data field added in
+    # a later version leaves older checkpoints loadable.
+    values = cfg.data.model_dump(mode="json", exclude=exclude, exclude_defaults=True)
+    out = {f"data.{key}": val for key, val in sorted(values.items())}
+    out["seed"] = cfg.seed
+    return out
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     """One short hash per config part a resumed run must share with the saved one.
 
     Training length (``train.epochs``, ``max_steps``), logging, evaluation, worker counts and
-    the bad-image policy may change between a run and its resume; the model, data, loss,
-    detector, adversary, optimiser settings, global batch size and number of training samples
-    may not (their state would not fit, or -- for ``optim.*``, whose values the optimiser and
-    scheduler states restore -- a change would be silently ignored).
+    the bad-image policy may change between a run and its resume; the model, data (every key of
+    :func:`data_fingerprint`, the run seed included), loss, detector, adversary, optimiser
+    settings, global batch size and number of training samples may not (their state would not
+    fit, the sample ids would name other samples, or -- for ``optim.*``, whose values the
+    optimiser and scheduler states restore -- a change would be silently ignored). Each data key
+    is its own part, so a refused resume names it.
     """
 
     # exclude_defaults: a field added in a later version (with its default) leaves old
@@ -75,9 +109,9 @@ def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     def dump(section: Any, exclude: set[str] | None = None) -> dict[str, Any]:
         return section.model_dump(mode="json", exclude_defaults=True, exclude=exclude)
 
-    parts = {
+    parts: dict[str, Any] = {
         "model": dump(cfg.model),
-        "data": dump(cfg.data, _DATA_FREE),
+        **data_fingerprint(cfg),
         "loss": dump(cfg.loss),
         "negatives": dump(cfg.negatives, {"reset_on_resume"}),
         "fairness": dump(cfg.fairness, _FAIRNESS_AUDIT),
@@ -85,10 +119,7 @@ def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
         "batch_size": cfg.train.batch_size,
         "num_samples": num_samples,
     }
-    return {
-        key: hashlib.sha256(json.dumps(val, sort_keys=True).encode()).hexdigest()[:12]
-        for key, val in parts.items()
-    }
+    return {key: _hash(val) for key, val in parts.items()}
 
 
 def config_fingerprint(cfg: RunConfig, num_samples: int) -> str:
@@ -257,9 +288,13 @@ def _check(
         differing = ""
         saved_parts = state.get("fingerprint_parts")
         if expected_parts is not None and isinstance(saved_parts, dict):
-            names = sorted(k for k in expected_parts if saved_parts.get(k) != expected_parts[k])
+            keys = set(expected_parts) | set(saved_parts)
+            names = sorted(k for k in keys if saved_parts.get(k) != expected_parts.get(k))
             if names:
                 differing = f" (differs in: {', '.join(names)})"
+        saved_model = (state.get("config") or {}).get("model") or {}
+        if isinstance(saved_model, dict) and "logit_scale_init" in saved_model:
+            differing += f"; it predates a change: {SCALE_CHANGE}"
         raise CheckpointError(
             f"checkpoint {path} was written by a run with a different config or data size"
             f"{differing}; resume with the config in the run's config.yaml or start a new run"

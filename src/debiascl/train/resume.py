@@ -2,51 +2,107 @@
 
 The training samplers (``EpochShuffleSampler``, ``DistributedSampler``) draw each epoch's order
 from ``(seed, epoch)`` alone, so the order of a resumed epoch is the order of the interrupted
-one; :class:`SkipFirstSampler` drops its first ``batches x batch_size`` indices, once, without
-reading the images behind them.
+one. :class:`EpochStartSampler` starts epoch ``e`` at a given position of that order, without
+reading the images before it.
+
+The start position belongs to the *epoch*, not to one iteration: every iterator created while the
+sampler is at epoch ``e`` starts at the same place. (A one-shot "skip on the next iteration" is
+consumed by whichever code iterates first -- a progress bar that calls ``iter`` on the loader, a
+multi-worker loader that prefetches -- and the real pass then re-trains the consumed batches.)
 """
 
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Iterator
 
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 
-class SkipFirstSampler(Sampler[int]):
-    """Wraps a sampler; the next iteration (only) starts after its first ``n`` indices."""
+class EpochStartSampler(Sampler[int]):
+    """Wraps an epoch-seeded sampler; epoch ``e`` may start after its first ``n`` indices.
+
+    Call :meth:`set_epoch` before each epoch (forwarded to the wrapped sampler) and
+    :meth:`set_start` with the position the epoch resumes from (0 for a fresh epoch).
+    """
 
     def __init__(self, base: Sampler[int]) -> None:
         self.base = base
-        self._skip = 0
-
-    def skip_next(self, n: int) -> None:
-        self._skip = max(0, int(n))
+        self.epoch = 0
+        self._start: tuple[int, int] = (0, 0)  # (epoch, indices to skip in that epoch)
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
         set_epoch = getattr(self.base, "set_epoch", None)
         if callable(set_epoch):
-            set_epoch(epoch)
+            set_epoch(self.epoch)
+
+    def set_start(self, epoch: int, n: int) -> None:
+        """Every iteration of epoch ``epoch`` starts after its first ``n`` indices."""
+        if n < 0:
+            raise ValueError(f"start position must be >= 0, got {n}")
+        self._start = (int(epoch), int(n))
+
+    def start(self) -> int:
+        """Indices skipped by an iteration of the current epoch."""
+        epoch, n = self._start
+        return n if epoch == self.epoch else 0
 
     def __iter__(self) -> Iterator[int]:
-        skip, self._skip = self._skip, 0
-        return itertools.islice(iter(self.base), skip, None)
+        return itertools.islice(iter(self.base), self.start(), None)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
 
-def make_resumable(loader: DataLoader) -> SkipFirstSampler:
-    """Insert a :class:`SkipFirstSampler` under ``loader``'s batch sampler and return it.
+def make_resumable(loader: DataLoader) -> EpochStartSampler:
+    """Insert an :class:`EpochStartSampler` under ``loader``'s batch sampler and return it.
 
-    ``len(loader)`` is unchanged (the full epoch); a skipping epoch yields fewer batches.
+    ``len(loader)`` is unchanged (the full epoch); a resumed epoch yields fewer batches.
     """
     batch_sampler = loader.batch_sampler
     if not isinstance(batch_sampler, BatchSampler):
         raise TypeError("make_resumable needs a DataLoader built with batch_size and a sampler")
-    if isinstance(batch_sampler.sampler, SkipFirstSampler):
+    if isinstance(batch_sampler.sampler, EpochStartSampler):
         return batch_sampler.sampler
-    wrapper = SkipFirstSampler(batch_sampler.sampler)
+    wrapper = EpochStartSampler(batch_sampler.sampler)
     batch_sampler.sampler = wrapper
     return wrapper
+
+
+# ------------------------------------------------------------------ pre-emption and workers
+#: Signals that ask a run to checkpoint and stop (cluster pre-emption; SLURM ``--signal``).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of training loaders: workers leave pre-emption to the main process.
+
+    SLURM (and ``kill -TERM -<pgid>``) signal the whole process group, data-loader workers
+    included. A worker that dies of SIGTERM takes the run down with a traceback before the main
+    process can checkpoint; an ignoring worker keeps serving batches until the main process
+    stops at the next step boundary and shuts it down. The main process blocks these signals
+    while it starts workers (:func:`stop_signals_blocked`), so a signal in that window stays
+    pending until the worker ignores it (it is then discarded) instead of killing it.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class stop_signals_blocked:
+    """Context manager: block :data:`STOP_SIGNALS` in this thread (children inherit the mask).
+
+    A signal arriving meanwhile stays pending and is delivered when the block ends.
+    """
+
+    def __enter__(self) -> None:
+        self._old = None
+        if hasattr(signal, "pthread_sigmask"):
+            self._old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)

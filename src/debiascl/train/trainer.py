@@ -29,15 +29,23 @@ from debiascl import distributed as dist_utils
 from debiascl.config import RunConfig
 from debiascl.data.augment import EvalTransform, build_augment
 from debiascl.data.build import DataBundle, build_data, make_loader
-from debiascl.errors import CheckpointError, ConfigError, TrainingError
+from debiascl.errors import CheckpointError, ConfigError, DataError, TrainingError
 from debiascl.methods import build_objective
 from debiascl.models import build_model
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.atomic import atomic_write_text, remove_stale_temp_files
+from debiascl.train.legacy import split_logit_scale
 from debiascl.train.logging import RunLogger
 from debiascl.train.optim import build_optimizer, warmup_cosine
-from debiascl.train.resume import make_resumable
+from debiascl.train.removed_pairs import attach_removed_pairs, save_removed_pairs
+from debiascl.train.resume import (
+    STOP_SIGNALS,
+    ignore_stop_signals,
+    make_resumable,
+    stop_signals_blocked,
+)
+from debiascl.train.run_lock import RunDirLock
 from debiascl.train.setup import (
     autocast,
     autocast_dtype,
@@ -50,10 +58,6 @@ from debiascl.train.setup import (
 def progress_enabled() -> bool:
     """Progress bars only on an interactive terminal and on rank 0."""
     return sys.stderr.isatty() and dist_utils.is_main_process()
-
-
-#: Signals that ask a run to checkpoint and stop (cluster pre-emption; SLURM ``--signal``).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Trainer:
             cfg.model, cfg.data.mode, self.data.channels, corpus=self.info.texts
         ).to(self.device)
         self.objective: ContrastiveObjective = build_objective(cfg, self.info).to(self.device)
+        attach_removed_pairs(self.objective, cfg.train.removed_pairs_sample, cfg.seed)
         self.adversary = self._build_adversary()
         self.augment: nn.Module = build_augment(cfg.data).to(self.device)
         self.eval_transform: nn.Module | None = None  # the adversary's clean view, if asked for
@@ -127,6 +132,8 @@ class Trainer:
             )
         self.steps_per_epoch = len(self.train_loader)
         self._skipper = make_resumable(self.train_loader)
+        if cfg.data.num_workers > 0:  # pre-emption signals reach the workers too (same group)
+            self.train_loader.worker_init_fn = ignore_stop_signals
         if cfg.train.max_steps is not None:
             self.total_steps = min(cfg.train.max_steps, self.steps_per_epoch * cfg.train.epochs)
         else:
@@ -137,7 +144,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         # The discriminator keeps its own optimiser and learning rate (fairness.lr).
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        # The objective's parameters (a learned temperature) come after the model's, so the
+        # parameter order matches checkpoints from when the model held the logit scale.
+        self.optimizer = build_optimizer(nn.ModuleList([self.model, self.objective]), cfg.optim)
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = warmup_cosine(
             self.optimizer, warmup, self.total_steps, cfg.optim.min_lr_ratio
@@ -158,6 +167,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._saved_at: tuple[int, int, int] | None = None  # position of the last checkpoint
         self._epoch_t0: float | None = None
+        self._lock = RunDirLock(self.run_dir)  # held by rank 0 while fit() runs
 
     # ----------------------------------------------------------------- adversary hooks
     def _build_adversary(self) -> Any:
@@ -168,11 +178,6 @@ class Trainer:
         return build_adversary(self.cfg, self.model, self.device, self.data, own_reversal_step=True)
 
     # ----------------------------------------------------------------- one step
-    def _logit_scale(self) -> torch.Tensor | float:
-        if self.cfg.data.mode == "image_text" and self.cfg.loss.name == "infonce":
-            return self.model.logit_scale
-        return 1.0 / self.cfg.loss.temperature
-
     def _embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         images = batch["image"].to(self.device, non_blocking=True)
         with autocast(self.device, self.amp_dtype):
@@ -202,11 +207,14 @@ class Trainer:
     def train_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
         ids = batch["index"].to(self.device)
         labels = batch.get("label")
-        labels = (
-            labels.to(self.device) if labels is not None and bool((labels >= 0).all()) else None
-        )
+        # -1 marks an unlabelled row: diagnostics and the oracle count only pairs whose labels
+        # are both known; a dataset without any label passes None.
+        if labels is not None and self.info.labels is not None:
+            labels = labels.to(self.device)
+        else:
+            labels = None
         a, b = self._embed(batch)
-        out = self.objective(a, b, ids, labels, self._logit_scale(), ctx)
+        out = self.objective(a, b, ids, labels, ctx=ctx)  # the loss owns its temperature
         loss = out.loss
         logs = {"loss": float(out.value), **out.logs}
         if self.adversary is not None:
@@ -218,6 +226,7 @@ class Trainer:
             return self._nonfinite(ctx, "loss", logs)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.objective.sync_gradients()  # a learned temperature is outside the DDP model
         self.scaler.unscale_(self.optimizer)
         # With fp16 loss scaling, overflowing gradients are routine: GradScaler skips that step
         # and lowers the scale, so the guard only looks at gradients without a scaler.
@@ -225,6 +234,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return self._nonfinite(ctx, "gradient", logs)
         self.scaler.step(self.optimizer)
+        self.objective.clamp_logit_scale_()  # cap the stored value, not the forward (CLIP)
         self.scaler.update()
         self.scheduler.step()
         if self.adversary is not None:
@@ -234,7 +244,7 @@ class Trainer:
 
     def _grads_finite(self) -> bool:
         """One device sync: the sum of gradient norms is finite iff every gradient is."""
-        params = self.model.parameters()
+        params = [*self.model.parameters(), *self.objective.parameters()]
         norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
         return not norms or bool(torch.isfinite(torch.stack(norms).sum()))
 
@@ -276,13 +286,27 @@ class Trainer:
         return gen.get_state() if gen is not None else None
 
     def _stats_state(self) -> torch.Tensor:
-        return self.objective.stats.state()
+        """(world, K) running detection sums, one row per rank (a collective: every rank)."""
+        local = self.objective.stats.state().to(self.device).unsqueeze(0)
+        return dist_utils.gather_no_grad(local).cpu()
+
+    def _local_stats(self, saved: torch.Tensor) -> torch.Tensor:
+        """This rank's row of saved (world, K) sums; another world size (or a 1-D tensor of an
+        older checkpoint): rank 0 continues from the total, the others from zero."""
+        if saved.dim() == 2 and saved.shape[0] == self.world:
+            return saved[dist_utils.rank()]
+        total = saved.reshape(-1, saved.shape[-1]).sum(0)
+        return total if dist_utils.rank() == 0 else torch.zeros_like(total)
 
     def _adversary_log_state(self) -> dict[str, Any] | None:
         return self.adversary.log_state() if self.adversary is not None else None
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit-identically from the current step boundary."""
+    def state_dict(self, detection: torch.Tensor | None = None) -> dict[str, Any]:
+        """Everything needed to continue bit-identically from the current step boundary.
+
+        ``detection``: the (world, K) sums of :meth:`_stats_state`; without it they are gathered
+        here, which under DDP must then be called on every rank.
+        """
         rng = ckpt.capture_rng()
         rng["loader"] = self._loader_rng
         elapsed = self.progress.seconds
@@ -305,7 +329,7 @@ class Trainer:
                 "skipped": self.progress.skipped,
                 "nonfinite": self.progress.nonfinite,
                 "seconds": elapsed,
-                "detection": self._stats_state(),
+                "detection": self._stats_state() if detection is None else detection,
                 "adversary_logs": self._adversary_log_state(),
             },
             "best_loss": self.best_loss,
@@ -319,8 +343,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
-            self.model.load_state_dict(state["model"])
-            self.objective.load_state_dict(state["objective"])
+            model_state, objective_state = split_logit_scale(
+                state["model"], state["objective"], self.objective
+            )
+            self.model.load_state_dict(model_state)
+            self.objective.load_state_dict(objective_state)
             if self.adversary is not None and state.get("adversary") is not None:
                 self.adversary.load_state_dict(state["adversary"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -348,7 +375,7 @@ class Trainer:
         )
         saved_sums = prog.get("detection")
         if saved_sums is not None:
-            self.objective.stats.load_state(saved_sums)
+            self.objective.stats.load_state(self._local_stats(saved_sums))
         adv_logs = prog.get("adversary_logs")
         if adv_logs is not None and self.adversary is not None:
             self.adversary.load_log_state(adv_logs)
@@ -366,10 +393,11 @@ class Trainer:
         """Checkpoint the current step boundary (rank 0 writes; every rank learns of failure)."""
         path = None
         error: TrainingError | None = None
+        detection = self._stats_state()  # every rank's sums (gathered on every rank)
         if self.is_main:
             try:
                 path = ckpt.save_checkpoint(
-                    self.state_dict(),
+                    self.state_dict(detection),
                     self.run_dir / "checkpoints",
                     ckpt.checkpoint_name(self.state.epoch, self.state.step),
                     self.cfg.checkpoint.keep_last,
@@ -470,13 +498,32 @@ class Trainer:
                 f"({existing[-1].name}); continue it with --resume latest, choose "
                 "another --run-dir, or set checkpoint.overwrite=true to start over"
             )
+        self._lock_run_dir()
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(ckpt_dir)
             if existing and not self.cfg.checkpoint.resume:  # overwrite=true
                 for old in [*existing, ckpt_dir / ckpt.BEST_NAME, self.run_dir / "metrics.jsonl"]:
                     old.unlink(missing_ok=True)
         dist_utils.barrier()
+
+    def _lock_run_dir(self) -> None:
+        """Rank 0 holds the run directory's lock until :meth:`fit` ends; a second run into the
+        same directory stops here with one line (every rank learns of it)."""
+        error: CheckpointError | None = None
+        if self.is_main:
+            try:
+                self._lock.acquire()
+            except CheckpointError as err:
+                error = err
+        if dist_utils.is_distributed():
+            import torch.distributed as dist
+
+            failed = torch.tensor(float(error is not None), device=self.device)
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() > 0 and error is None:
+                error = CheckpointError(f"run directory {self.run_dir} is in use by another run")
+        if error is not None:
+            raise error
 
     def _write_config(self) -> None:
         if self.is_main:
@@ -534,17 +581,20 @@ class Trainer:
         Resumes first when ``checkpoint.resume`` is set; the checkpoint is checked before
         anything in the run directory is written, so a refused resume changes nothing.
         """
-        self._prepare_run_dir()
-        if self.cfg.checkpoint.resume:
-            self.resume(self.cfg.checkpoint.resume)
-        last_logged = self._trim_metrics()  # a fresh run keeps no records of an earlier one
-        self._write_config()
-        self._log_missing_record(last_logged)
-        assert self.logger is not None
         try:
-            return self._fit(evaluate)
+            self._prepare_run_dir()
+            if self.cfg.checkpoint.resume:
+                self.resume(self.cfg.checkpoint.resume)
+            last_logged = self._trim_metrics()  # a fresh run keeps no records of an earlier one
+            self._write_config()
+            self._log_missing_record(last_logged)
+            assert self.logger is not None
+            try:
+                return self._fit(evaluate)
+            finally:
+                self.logger.close()
         finally:
-            self.logger.close()
+            self._lock.release()
 
     def _fit(self, evaluate: bool) -> dict[str, Any]:
         assert self.logger is not None
@@ -616,15 +666,15 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> dict[str, Any] | None:
         """Train the rest of ``epoch`` (from batch ``state.batch``); None if stopped early."""
         self.model.train()
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        self._skipper.skip_next(self.state.batch * self.local_batch)
+        # The resume position belongs to the epoch: any iteration of it starts there.
+        self._skipper.set_epoch(epoch)
+        self._skipper.set_start(epoch, self.state.batch * self.local_batch)
         progress = self.progress
         every_steps = self.cfg.checkpoint.every_steps
         self._epoch_t0 = time.perf_counter()
+        # The bar never iterates the loader itself (tqdm.auto calls iter() on an iterable, which
+        # would start -- and with workers prefetch -- a second pass of the epoch).
         bar = tqdm(
-            self.train_loader,
             desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
             disable=not progress_enabled(),
             leave=False,
@@ -633,7 +683,10 @@ class Trainer:
             total=self.steps_per_epoch,
         )
         stopped = False
-        for batch in bar:
+        with stop_signals_blocked():  # workers forked here start with the signals blocked
+            batches = iter(self.train_loader)
+        for batch in batches:
+            bar.update(1)
             if self.state.step >= self.total_steps:
                 stopped = True
                 break
@@ -675,6 +728,8 @@ class Trainer:
         progress.seconds = seconds
         if stopped:
             return None
+        if progress.count == 0 and progress.nonfinite == 0 and progress.skipped > 0:
+            self._no_readable_batch(epoch, progress.skipped)
         count = progress.count
         record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step}
         record.update({k: v / max(1, count) for k, v in progress.totals.items()})
@@ -685,9 +740,26 @@ class Trainer:
         if progress.nonfinite:
             record["nonfinite_skipped_steps"] = progress.nonfinite
         record.update({f"negatives/{k}": v for k, v in self.objective.epoch_diagnostics().items()})
+        save_removed_pairs(self.objective.removed_pairs, self.run_dir)  # every rank: gathers
         if self.adversary is not None:
             record.update(self.adversary.epoch_logs())
         return record
+
+    def _no_readable_batch(self, epoch: int, batches: int) -> None:
+        """An epoch in which every batch lost an image to data.on_bad_image=skip trains nothing."""
+        skipped = int(getattr(self.data.train, "num_skipped", 0))
+        files = getattr(getattr(self.data.train, "bad_images", None), "skipped_files", [])
+        example = f", e.g. {files[0]}" if files else ""
+        what = (
+            f"all {len(self.data.train)} training images were unreadable and skipped"
+            if skipped >= len(self.data.train)
+            else f"{skipped} unreadable images were skipped and left no complete batch"
+        )
+        raise DataError(
+            f"epoch {epoch + 1} trained no step: {what} (data.on_bad_image=skip, {batches} "
+            f"batches dropped{example}); fix the files or their format (DICOM needs "
+            "pip install 'debiascl[dicom]')"
+        )
 
     def evaluate(self, references: bool = False) -> dict[str, Any]:
         """Frozen-feature evaluation of the current model (rank 0 computes, others wait)."""
