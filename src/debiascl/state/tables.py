@@ -19,6 +19,12 @@ Placement: ``"device"`` keeps the table wherever the module is moved (``.to(cuda
 ``"cpu"`` pins it in host memory for id spaces too large for the accelerator (16 bytes per id for
 four columns: 1.6 GB at 10**8 ids) and moves only the batch's rows. In both cases the table stays
 float32 whatever dtype the surrounding model is cast to.
+
+Copies between devices (:func:`to_device`): a host-to-device copy may be asynchronous (the
+source is staged before the call returns, and the device reads it in stream order), but a
+device-to-host copy is always blocking. ``tensor.to("cpu", non_blocking=True)`` from a GPU returns
+before the data has arrived, and the CPU ``index_select``/``index_copy_`` that follows would read
+whatever the destination held (garbage ids, stale rows) without a synchronisation.
 """
 
 from __future__ import annotations
@@ -33,6 +39,16 @@ from debiascl.errors import CheckpointError, ConfigError, DataError
 from debiascl.state.sync import all_gather_rows
 
 Placement = Literal["device", "cpu"]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; asynchronous only where that is safe (see the module docstring).
+
+    A copy whose destination is the CPU is blocking, so the host may read the result at once.
+    """
+    if t.device == device:
+        return t
+    return t.to(device, non_blocking=device.type != "cpu")
 
 
 class SampleTable(nn.Module):
@@ -136,8 +152,8 @@ class SampleTable(nn.Module):
         """
         if self.validate:
             self.check_ids(ids)
-        rows = self.data.index_select(0, ids.to(self.data.device, non_blocking=True))
-        return rows.to(ids.device, non_blocking=True)
+        rows = self.data.index_select(0, to_device(ids, self.data.device))
+        return to_device(rows, ids.device)
 
     @torch.no_grad()
     def write(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
@@ -162,7 +178,7 @@ class SampleTable(nn.Module):
         if self.validate:
             self.check_ids(ids, unique=True)
         dev = self.data.device
-        ids, rows = ids.to(dev, non_blocking=True), rows.to(dev, non_blocking=True)
+        ids, rows = to_device(ids, dev), to_device(rows, dev)
         # A non-finite row (from a NaN step that train.on_nonfinite=skip will discard) keeps the
         # stored values: a table entry is never valid as NaN/inf. No host synchronisation.
         finite = torch.isfinite(rows).all(dim=1, keepdim=True)
@@ -176,7 +192,7 @@ class SampleTable(nn.Module):
         if ids is None:
             self.data.copy_(row.expand_as(self.data))
         else:
-            self.data[ids.to(self.data.device)] = row
+            self.data[to_device(ids, self.data.device)] = row
 
     # -------------------------------------------------------------- persistence
     def get_extra_state(self) -> dict[str, Any]:
