@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,21 +74,47 @@ class OpenCLIPTextTower(nn.Module):
 
 
 def create_open_clip(arch: str, weights: str | None) -> nn.Module:
-    """open_clip model ``arch`` (built-in or added config) with a local checkpoint loaded."""
+    """open_clip model ``arch`` with a local checkpoint loaded.
+
+    ``arch`` is a built-in or added (``open_clip.add_model_config``) architecture name, or
+    ``local-dir:<folder>`` (``open_clip_config.json`` + weights, as ``debiascl export --to
+    open_clip`` writes them), which brings its own weights. ``weights``, when given, is loaded
+    on top with ``open_clip.load_checkpoint``.
+
+    Raises:
+        ConfigError: unknown architecture, missing folder/file, or weights that do not fit.
+    """
     open_clip = import_open_clip()
-    if arch not in open_clip.list_models():
+    if arch.startswith("local-dir:"):
+        folder = Path(arch.removeprefix("local-dir:")).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise ConfigError(
+                f"open_clip folder {str(folder)!r} has no open_clip_config.json; write it with "
+                "`debiascl export --to open_clip` or open_clip's save_for_hf"
+            )
+        arch = f"local-dir:{folder}"
+    elif arch.startswith("hf-hub:"):
+        raise ConfigError(
+            f"open_clip:{arch} would download; save the model to a folder and use "
+            "model.encoder=open_clip:local-dir:<folder>"
+        )
+    elif arch not in open_clip.list_models():
         raise ConfigError(
             f"open_clip has no architecture {arch!r}; register its JSON config with "
-            "open_clip.add_model_config(dir) or choose one of open_clip.list_models()"
+            "open_clip.add_model_config(dir), use open_clip:local-dir:<folder>, or choose one of "
+            "open_clip.list_models()"
         )
-    clip = open_clip.create_model(arch, pretrained=None, device="cpu")
+    try:
+        clip = open_clip.create_model(arch, pretrained=None, device="cpu")
+    except (RuntimeError, KeyError, OSError, ValueError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"open_clip could not build {arch!r}: {detail}") from None
     if weights is not None:
-        from pathlib import Path
-
-        if not Path(weights).expanduser().is_file():
+        path = Path(weights).expanduser()
+        if not path.is_file():
             raise ConfigError(f"open_clip checkpoint {weights!r} does not exist")
         try:
-            open_clip.load_checkpoint(clip, str(Path(weights).expanduser()))
+            open_clip.load_checkpoint(clip, str(path))
         except (RuntimeError, KeyError, OSError, ValueError) as err:
             detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise ConfigError(
