@@ -324,6 +324,12 @@ class TrainConfig(Section):
     )
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (tests)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+    removed_pairs_sample: int = Field(
+        512,
+        ge=0,
+        description="size of the uniform sample of detector-removed pairs saved to "
+        "removed_pairs.csv for `debiascl explore` (0: off)",
+    )
 
 
 class EvalConfig(Section):

@@ -104,6 +104,8 @@ class ContrastiveObjective(nn.Module):
         self.num_samples = num_samples
         self.directions = directions
         self.stats = DetectionStats()
+        # optional RemovedPairSample (debiascl.negatives.removed_pairs), set by the trainer
+        self.removed_pairs = None
 
     def pairs(
         self, a: torch.Tensor, b: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor | None
@@ -146,6 +148,8 @@ class ContrastiveObjective(nn.Module):
             keep = keep_at_least_one(self.detector(batch, ctx), batch)
             if ctx.training:
                 self.stats.update(batch, keep)
+                if self.removed_pairs is not None:
+                    self.removed_pairs.update(batch, keep, ctx.epoch)
             terms = self.loss_fn(batch, keep, scale, ctx)
             total = (
                 total + weight * terms.loss.sum() * dist_utils.world_size() / batch.global_anchors
