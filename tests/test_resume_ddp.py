@@ -1,6 +1,8 @@
 """Stop signals and exact resume under DDP (2 gloo processes on CPU): a SIGUSR1 reaching only
 rank 1 stops both ranks at the same step with one checkpoint, and the resumed run ends
-bit-identical to the uninterrupted 2-process run."""
+bit-identical to the uninterrupted 2-process run -- weights, tables and ``metrics.jsonl``,
+whose false-negative precision/recall sum over both ranks (each rank's running sums are
+checkpointed and restored to that rank)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.trainer import RunInterrupted
 from distributed_helpers import run_distributed
-from reliability_helpers import make_trainer, tensors_of
+from reliability_helpers import make_trainer, metrics, tensors_of
 
 OVERRIDES = ["negatives.name=glofnd", "negatives.alpha=0.1", "train.epochs=2"]
 
@@ -49,7 +51,10 @@ def _worker(rank: int, world_size: int, root: str) -> dict:
     resumed.fit(evaluate=False)
     got = tensors_of(resumed)
     same = all(torch.equal(want[k], got[k]) for k in want) and want.keys() == got.keys()
-    return {"code": code, "stop_step": stop_step, "names": names, "same": same}
+    out = {"code": code, "stop_step": stop_step, "names": names, "same": same}
+    if rank == 0:  # rank 0 writes the logs
+        out["metrics"] = (metrics(root_dir / "ref"), metrics(root_dir / "run"))
+    return out
 
 
 @pytest.mark.timeout(300)
@@ -62,3 +67,7 @@ def test_signal_on_one_rank_stops_all_and_resume_is_exact(tmp_path):
         assert r["stop_step"] == 5
         assert r["names"] == ["epoch0000-step00000005.pt"]
         assert r["same"]
+    ref_metrics, resumed_metrics = results[0]["metrics"]
+    assert [m["epoch"] for m in ref_metrics] == [1, 2]
+    assert "negatives/precision" in ref_metrics[0]  # the stopped epoch has detection statistics
+    assert resumed_metrics == ref_metrics
