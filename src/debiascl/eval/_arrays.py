@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from debiascl.errors import DataError, check
+from debiascl.missing import missing_mask
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence of numbers
 
@@ -58,7 +59,19 @@ def float_matrix(x: ArrayLike, name: str, device: torch.device | str | None = No
 def label_vector(
     y: ArrayLike, name: str, n: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """An int64 (n,) tensor of non-negative class labels."""
+    """An int64 (n,) tensor of non-negative class labels.
+
+    Missing labels (None, NaN, pd.NA, pd.NaT, masked entries; :mod:`debiascl.missing`) are one
+    :class:`DataError` whatever the marker: the caller must drop unlabelled rows first.
+    """
+    if not isinstance(y, torch.Tensor) or y.is_floating_point():
+        n_missing = int(missing_mask(y).sum()) if _may_hold_markers(y) else 0
+        check(
+            n_missing == 0,
+            f"{name} has {n_missing} missing labels (None/NaN/NA); evaluate the labelled rows "
+            "only (drop the unlabelled ones first)",
+            DataError,
+        )
     t = as_tensor(y, name, device)
     check(
         t.dim() == 1 and t.shape[0] == n,
@@ -77,6 +90,17 @@ def label_vector(
         DataError,
     )
     return t
+
+
+def _may_hold_markers(y: ArrayLike) -> bool:
+    """Whether ``y`` can hold a missing marker (object/float data, masks, or Python sequences)."""
+    if isinstance(y, torch.Tensor):
+        return y.is_floating_point() and y.dim() == 1
+    if np.ma.isMaskedArray(y):
+        return True
+    if isinstance(y, np.ndarray):
+        return y.ndim == 1 and (y.dtype == object or np.issubdtype(y.dtype, np.floating))
+    return hasattr(y, "to_numpy") or isinstance(y, (list, tuple))
 
 
 def same_width(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:

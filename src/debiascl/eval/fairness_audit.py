@@ -35,6 +35,7 @@ from debiascl.eval.linear_probe import FALLBACK_C, few_shot_subset, select_C
 from debiascl.eval.report import format_table
 from debiascl.eval.zero_shot import zero_shot_scores
 from debiascl.fairness.metrics import MISSING, choose_threshold, fairness_report, is_missing
+from debiascl.missing import as_object_column
 
 HEADLINE = ("auc", "worst_group_auc", "auc_gap", "es_auc", "dpd", "eod", "ece_gap")
 Attrs = Mapping[str, ArrayLike | Sequence]
@@ -43,8 +44,7 @@ Attrs = Mapping[str, ArrayLike | Sequence]
 def _attrs_np(attrs: Attrs, n: int, split: str) -> dict[str, np.ndarray]:
     out = {}
     for name, values in attrs.items():
-        arr = values.cpu().numpy() if hasattr(values, "cpu") else values
-        arr = np.asarray(arr, dtype=object)
+        arr = as_object_column(values)
         if arr.ndim != 1 or len(arr) != n:
             raise DataError(
                 f"attribute {name!r} of the {split} split has {len(arr)} values for {n} samples; "
@@ -314,7 +314,12 @@ def leakage_probe(
 
 def _codes(values: ArrayLike | Sequence, n: int, split: str) -> np.ndarray:
     """Integer codes of attribute values (strings get a sorted vocabulary; missing -> -1)."""
-    arr = values.cpu().numpy() if hasattr(values, "cpu") else np.asarray(values, dtype=object)
+    if hasattr(values, "cpu"):
+        arr = values.cpu().numpy()
+    elif isinstance(values, np.ndarray) and not np.ma.isMaskedArray(values):
+        arr = values
+    else:  # lists, pandas columns and masked arrays: every missing marker becomes None
+        arr = as_object_column(values)
     if arr.ndim != 1 or len(arr) != n:
         raise DataError(
             f"the {split} split has {len(arr)} attribute values for {n} embeddings; "

@@ -27,7 +27,6 @@ import torch
 from debiascl.errors import ConfigError, DataError, check
 from debiascl.eval._arrays import (
     ArrayLike,
-    as_tensor,
     float_matrix,
     label_vector,
     rows_per_chunk,
@@ -162,7 +161,7 @@ def knn_eval(
         ``{"accuracy": top-1 in [0, 1], "top5": top-5 (C >= 5 only), "k": the k used}``; ties in
         the vote count by their expected hit (see the module docstring).
     """
-    n_train = as_tensor(train_y, "train_y").reshape(-1).shape[0]
+    n_train = len(train_y)
     y_train = label_vector(train_y, "train_y", n_train)
     k_used = effective_k(k, y_train) if kwargs.get("cap_k", True) else min(k, n_train)
     scores = knn_scores(train_x, train_y, test_x, k, temperature, **kwargs)

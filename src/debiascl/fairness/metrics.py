@@ -33,15 +33,16 @@ is macro-averaged over the classes (the output says so in ``"averaging"``); mult
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 
 from debiascl.errors import DataError
+from debiascl.missing import as_object_column, is_missing_marker
 
 CONVENTION = (
     "gaps are differences (0 = fair, larger = less fair): auc_gap, dpd, eod, ece_gap; "
@@ -135,8 +136,8 @@ def choose_threshold(
 def intersect(attributes: Mapping[str, Sequence], names: Sequence[str]) -> np.ndarray:
     """Intersectional group label per row, e.g. ``"sex=F & race=Black"``.
 
-    ``attributes`` maps names to (n,) values; a row whose value is missing (None, NaN, ``-1``
-    or ``""``) in any component is missing (None) in the intersection.
+    ``attributes`` maps names to (n,) values; a row whose value is missing (see
+    :func:`is_missing`) in any component is missing (None) in the intersection.
     """
     for name in names:
         if name not in attributes:
@@ -144,7 +145,7 @@ def intersect(attributes: Mapping[str, Sequence], names: Sequence[str]) -> np.nd
                 f"attribute {name!r} is not in the data (have {sorted(attributes)}); "
                 "add the column or remove it from the intersection"
             )
-    cols = [np.asarray(attributes[name], dtype=object) for name in names]
+    cols = [as_object_column(attributes[name]) for name in names]
     n = len(cols[0])
     out = np.empty(n, dtype=object)
     for i in range(n):
@@ -159,9 +160,9 @@ def intersect(attributes: Mapping[str, Sequence], names: Sequence[str]) -> np.nd
 
 
 def is_missing(v: object) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
+    """A missing attribute value: any numpy/pandas marker (None, NaN, pd.NA, pd.NaT, NaT, masked;
+    :func:`debiascl.missing.is_missing_marker`), the code ``-1`` or the empty string."""
+    if is_missing_marker(v):
         return True
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v == MISSING:
         return True
@@ -271,8 +272,23 @@ def _task_targets(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(targets[:, None] < 0, -1, onehot)
 
 
+def _targets_array(targets: Any) -> np.ndarray:
+    """Targets as an int64 array with every missing marker as -1 (ignored)."""
+    y = np.ma.filled(targets, -1) if np.ma.isMaskedArray(targets) else targets
+    if hasattr(y, "to_numpy"):  # pandas: nullable Int64/boolean columns hold pd.NA
+        y = y.to_numpy(dtype=object)
+    y = np.asarray(y)
+    if y.dtype == object or np.issubdtype(y.dtype, np.floating):
+        flat = as_object_column(y.reshape(-1))
+        flat = np.array([-1 if v is None else v for v in flat], dtype=np.float64)
+        if not np.all(flat == np.round(flat)):
+            raise DataError("targets must be integer class ids or {0, 1} (missing = ignored)")
+        y = flat.astype(np.int64).reshape(y.shape)
+    return y
+
+
 def _as_group_array(values: Sequence, name: str, n: int) -> np.ndarray:
-    arr = np.asarray(values, dtype=object)
+    arr = as_object_column(values)
     if arr.ndim != 1 or len(arr) != n:
         raise DataError(
             f"attribute {name!r} has {len(arr)} values but there are {n} scores; "
@@ -302,9 +318,11 @@ def fairness_report(
         scores: (n,) binary scores, or (n, C) per-class / per-label scores. Probabilities in
             [0, 1] also get calibration errors.
         targets: (n,) {0, 1} for binary, (n,) class ids for (n, C) multi-class, (n, C) {0, 1}
-            for multi-label. Negative targets are ignored (e.g. uncertain CXR labels).
-        attributes: name -> (n,) group value per sample; missing values (None, NaN, -1, "")
-            leave that sample out of that attribute's groups (counted in ``n_missing``).
+            for multi-label. Negative or missing targets (None, NaN, pd.NA, masked) are ignored
+            (e.g. uncertain CXR labels).
+        attributes: name -> (n,) group value per sample; missing values (None, NaN, pd.NA,
+            pd.NaT, masked entries, -1, "") leave that sample out of that attribute's groups
+            (counted in ``n_missing``).
         threshold: a float (binary), C floats (per class / label) chosen on validation data
             with :func:`choose_threshold`, or ``"argmax"`` (multi-class: yhat_c = argmax == c).
         intersections: tuples of attribute names whose combination is also audited.
@@ -326,7 +344,7 @@ def fairness_report(
         ``n_missing`` and, with bootstrap, ``"ci"``.
     """
     s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(targets)
+    y = _targets_array(targets)
     n = len(s)
     if s.ndim not in (1, 2) or len(y) != n:
         raise DataError(
