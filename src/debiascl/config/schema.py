@@ -12,6 +12,15 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+#: Keys that moved: old dotted key -> what replaces it (the loader names it in its error).
+MOVED_KEYS = {
+    "model.logit_scale_init": "loss.temperature (= 1 / logit_scale_init; the loss owns its "
+    "temperature)",
+    "model.learn_logit_scale": "loss.learn_temperature",
+    "model.max_logit_scale": "loss.max_logit_scale",
+}
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -121,16 +130,25 @@ class ModelConfig(Section):
         "mean", description="hf: text towers: CLS token, masked mean, or the model's pooler"
     )
     text_max_length: int = Field(64, ge=1, description="text tokens after truncation")
-    logit_scale_init: float = Field(1 / 0.07, gt=0)
-    learn_logit_scale: bool = True
-    max_logit_scale: float = Field(100.0, gt=0)
 
 
 class LossConfig(Section):
     """Contrastive loss (registry ``debiascl.registry.LOSSES``)."""
 
     name: str = Field("infonce", description="infonce | sogclr | dcl | hcl | ssd")
-    temperature: float = Field(0.2, gt=0)
+    temperature: float = Field(
+        0.2,
+        gt=0,
+        description="temperature t of the loss (logit scale 1/t); the initial value when "
+        "learn_temperature. The loss is the one owner: evaluation uses the trained scale",
+    )
+    learn_temperature: bool = Field(
+        False,
+        description="learn log(1/t) as in CLIP (only losses that support it: infonce)",
+    )
+    max_logit_scale: float = Field(
+        100.0, gt=0, description="cap on a learned 1/t, applied after each optimiser step"
+    )
     # SogCLR (DESIGN 3.2)
     gamma: float = Field(0.9, gt=0, le=1)
     gamma_schedule: Literal["constant", "cosine"] = "constant"

@@ -47,6 +47,9 @@ class GlobalContrastiveLoss(PairLoss):
         directions: image_text directions to allocate tables for (default both).
         relative: use logits relative to the positive (default: True for image_text only).
         placement: table placement, ``"device"`` or ``"cpu"``.
+        temperature: the fixed temperature t this loss owns (logit scale 1 / t); ``None``: the
+            caller passes ``logit_scale``. SogCLR's u tables are moving averages at one scale, so
+            the temperature is never learned here.
 
     ``forward`` returns :class:`LossTerms` with ``loss`` the surrogate and ``objective`` the
     global objective -l_pos + log u (what to log). Tables update only when ``ctx.training``.
@@ -62,8 +65,9 @@ class GlobalContrastiveLoss(PairLoss):
         directions: tuple[str, ...] | None = None,
         relative: bool | None = None,
         placement: Placement = "device",
+        temperature: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(temperature)
         if not 0.0 < gamma <= 1.0 or not 0.0 < gamma_min <= 1.0:
             raise ConfigError(f"gamma and gamma_min must be in (0, 1], got {gamma}, {gamma_min}")
         if gamma_schedule not in ("constant", "cosine"):
@@ -145,4 +149,5 @@ def build_sogclr(cfg: RunConfig, info: DatasetInfo) -> GlobalContrastiveLoss:
         gamma_min=cfg.loss.gamma_min,
         directions=directions,
         placement=cfg.loss.table_placement,
+        temperature=cfg.loss.temperature,
     )

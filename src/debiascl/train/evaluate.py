@@ -32,6 +32,7 @@ from debiascl.models import build_model
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.atomic import atomic_write_text
 from debiascl.train.fairness_eval import fairness_results
+from debiascl.train.legacy import split_logit_scale
 from debiascl.train.setup import seed_everything
 
 if TYPE_CHECKING:
@@ -136,6 +137,13 @@ def _evaluate(trainer: Trainer, model: nn.Module, references: bool) -> dict[str,
     return results
 
 
+def trained_logit_scale(trainer: Trainer) -> float:
+    """The logit scale 1 / t the run trained with (the loss owns it; learned or fixed)."""
+    scale = trainer.objective.logit_scale
+    assert scale is not None, "the trainer's loss always owns its temperature"
+    return scale
+
+
 def _image_text_results(trainer: Trainer, model: nn.Module) -> dict[str, Any]:
     cfg = trainer.cfg.eval
     out: dict[str, Any] = {}
@@ -149,7 +157,7 @@ def _image_text_results(trainer: Trainer, model: nn.Module) -> dict[str, Any]:
             lambda texts: model.encode_text(texts), prompt_names, templates
         )
         out["zero_shot"] = zero_shot_eval(
-            image.features, image.labels, class_emb, float(model.logit_scale), names
+            image.features, image.labels, class_emb, trained_logit_scale(trainer), names
         )
     if cfg.retrieval and image.texts:
         text_emb = torch.cat(
@@ -259,7 +267,11 @@ def evaluate_run_dir(
     trainer = Trainer(cfg, run_dir=run_dir)
     path = ckpt.resolve_resume(checkpoint or "latest", run_dir)
     state = ckpt.load_checkpoint(path, trainer.fingerprint, trainer.fingerprint_parts)
-    trainer.model.load_state_dict(state["model"])
+    model_state, objective_state = split_logit_scale(
+        state["model"], state["objective"], trainer.objective
+    )
+    trainer.model.load_state_dict(model_state)
+    trainer.objective.load_state_dict(objective_state)  # the trained temperature
     results = evaluate_model(trainer, references=cfg.eval.references)
     results["checkpoint"] = str(path)
     import json

@@ -59,6 +59,13 @@ HEADLINE_KEYS = (
 )
 
 
+def _trained_logit_scale(trainer: Trainer) -> float:
+    """The logit scale the run trained with (the loss owns the temperature)."""
+    scale = trainer.objective.logit_scale
+    assert scale is not None, "the trainer's loss always owns its temperature"
+    return scale
+
+
 def has_attributes(trainer: Trainer) -> bool:
     """True when both splits carry sensitive attributes (the audit applies)."""
     data = trainer.data
@@ -262,7 +269,7 @@ def fairness_results(
             y_test,
             test_attrs,
             class_emb,
-            logit_scale=float(model.logit_scale),
+            logit_scale=_trained_logit_scale(trainer),
             decision=fc.threshold_rule,
             bootstrap=fc.bootstrap,
             seed=cfg.seed,
