@@ -61,11 +61,27 @@ class PairwiseBatch:
     def num_anchors(self) -> int:
         return self.sim.shape[0]
 
-    def same_label_mask(self) -> torch.Tensor | None:
-        """(A, M) bool: negatives that share the anchor's label (true false negatives)."""
+    def known_label_mask(self) -> torch.Tensor | None:
+        """(A, M) bool: negatives whose anchor and candidate labels are both known (>= 0)."""
         if self.anchor_labels is None or self.candidate_labels is None:
             return None
-        return (self.anchor_labels[:, None] == self.candidate_labels[None, :]) & self.neg_mask
+        return (
+            (self.anchor_labels[:, None] >= 0)
+            & (self.candidate_labels[None, :] >= 0)
+            & (self.neg_mask)
+        )
+
+    def same_label_mask(self) -> torch.Tensor | None:
+        """(A, M) bool: negatives that share the anchor's known label (true false negatives).
+
+        Labels of -1 (unlabelled rows) never match: a pair with an unknown label is neither a
+        true nor a false negative as far as the labels can tell.
+        """
+        known = self.known_label_mask()
+        if known is None:
+            return None
+        assert self.anchor_labels is not None and self.candidate_labels is not None
+        return (self.anchor_labels[:, None] == self.candidate_labels[None, :]) & known
 
 
 def _check_embeddings(name: str, x: torch.Tensor, ids: torch.Tensor) -> None:

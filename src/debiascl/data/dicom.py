@@ -9,8 +9,10 @@
 3. ``PhotometricInterpretation = MONOCHROME1`` (high values dark) is inverted so that, as in
    MONOCHROME2, bone is bright.
 
-Multi-frame files use their first frame. Register it with :func:`register_dicom_reader` (done for
-``.dcm`` and ``.dicom``) or pass ``readers={".dcm": read_dicom}`` to a dataset.
+Multi-frame files use their first frame. Every dataset that reads image files (manifests, image
+folders, the medical manifests of :mod:`debiascl.data.medical`) reads ``.dcm``/``.dicom`` files,
+and files of another suffix that carry the DICOM signature, with it; without pydicom reading one
+is a :class:`ConfigError` that names the extra to install.
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ import numpy as np
 from debiascl.errors import ConfigError, DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether ``path`` carries the DICOM Part 10 signature (``DICM`` after a 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def _first(value: object) -> float:
@@ -36,8 +48,10 @@ def read_dicom(path: str | Path) -> np.ndarray:
     """Pixels of a 1-channel DICOM file as float32 (H, W) in [0, 1] (see the module docstring)."""
     try:
         import pydicom
-    except ImportError:  # pragma: no cover - pydicom is in the 'dicom' extra
-        raise ConfigError("DICOM images need pydicom: pip install 'debiascl[dicom]'") from None
+    except ImportError:  # pydicom is in the 'dicom' extra
+        raise ConfigError(
+            f"{path} is a DICOM file and reading DICOM needs pydicom: pip install 'debiascl[dicom]'"
+        ) from None
     try:
         ds = pydicom.dcmread(str(path))
         pixels = ds.pixel_array

@@ -19,6 +19,7 @@ from debiascl.data.images import (
     ImageReader,
     read_image,
 )
+from debiascl.errors import ConfigError
 
 
 class ImageFileDataset(SampleDataset):
@@ -51,6 +52,8 @@ class ImageFileDataset(SampleDataset):
             return read_image(
                 path, self.channels, self.image_size, self.readers, self.high_bit_scaling
             )
+        except ConfigError:
+            raise  # a missing optional reader (e.g. pydicom) is not a bad image: never skip it
         except Exception as err:
             self.bad_images(path, row, err)
             return None

@@ -2,10 +2,13 @@
 
 A reader takes a path and returns a PIL image or a numpy array ((H, W) or (H, W, 3|4), any
 integer or float dtype). :func:`read_image` turns that into 8-bit L or RGB at a fixed size.
-Plug in another format (e.g. DICOM) with :func:`register_image_reader` or per dataset through
-the ``readers`` argument::
+DICOM files (``.dcm``, ``.dicom``, or any file with the ``DICM`` signature that Pillow cannot
+open) are read with :func:`debiascl.data.dicom.read_dicom`, which needs the ``dicom`` extra
+(``pip install 'debiascl[dicom]'``; without it reading one is a :class:`ConfigError` saying so).
+Plug in another format with :func:`register_image_reader` or per dataset through the ``readers``
+argument::
 
-    register_image_reader(".dcm", read_dicom)   # read_dicom(path) -> np.ndarray
+    register_image_reader(".nii", read_nifti)   # read_nifti(path) -> np.ndarray
 
 Unreadable images either raise :class:`DataError` naming the file or, with ``on_bad_image="skip"``,
 make the dataset return None for that row; :func:`collate_skip_none` drops those rows from the
@@ -25,6 +28,7 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from debiascl.data.dicom import DICOM_SUFFIXES, is_dicom_file, read_dicom
 from debiascl.errors import ConfigError, DataError
 
 logger = logging.getLogger("debiascl.data")
@@ -41,10 +45,14 @@ def read_pil(path: Path) -> Image.Image:
         return img.copy()
 
 
-#: Readers by lower-case file suffix; files with other suffixes are tried with Pillow.
+#: Readers by lower-case file suffix; files with other suffixes are tried with Pillow (and with
+#: the DICOM reader when they carry the DICOM signature).
 IMAGE_READERS: dict[str, ImageReader] = {
-    suffix: read_pil
-    for suffix in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm")
+    **{
+        suffix: read_pil
+        for suffix in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm")
+    },
+    **dict.fromkeys(DICOM_SUFFIXES, read_dicom),
 }
 
 
@@ -114,8 +122,17 @@ def read_image(
         raise ConfigError(f"channels must be 1 or 3, got {channels}")
     path = Path(path)
     table = IMAGE_READERS if readers is None else {**IMAGE_READERS, **readers}
-    reader = table.get(path.suffix.lower(), read_pil)
-    img = to_pil(reader(path), scaling).convert("L" if channels == 1 else "RGB")
+    reader = table.get(path.suffix.lower())
+    if reader is None:
+        try:
+            raw = read_pil(path)
+        except Image.UnidentifiedImageError:
+            if not is_dicom_file(path):
+                raise
+            raw = read_dicom(path)  # e.g. MIMIC-CXR DICOMs without a suffix
+    else:
+        raw = reader(path)
+    img = to_pil(raw, scaling).convert("L" if channels == 1 else "RGB")
     if image_size is not None and img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     array = np.asarray(img, dtype=np.uint8)

@@ -142,6 +142,7 @@ def extract_features(
     attrs_t: list[torch.Tensor] = []
     attrs_d: dict[str, list[torch.Tensor]] = {}
     has_label = has_text = has_attrs = None  # decided by the first batch, then enforced
+    empty_batches = 0
 
     bar = tqdm(
         total=_num_samples(loader),
@@ -155,6 +156,9 @@ def extract_features(
     )
     try:
         for step, batch in enumerate(loader):
+            if batch is None:  # collate_skip_none: every image of the batch was unreadable
+                empty_batches += 1
+                continue
             check(
                 isinstance(batch, Mapping) and "index" in batch,
                 "each batch must be a mapping with an 'index' entry (the sample ids); "
@@ -174,7 +178,7 @@ def extract_features(
             ids.append(index)
 
             flags = ("label" in batch, isinstance(batch.get("text"), Sequence), "attrs" in batch)
-            if step == 0:
+            if has_label is None:
                 has_label, has_text, has_attrs = flags
             check(
                 flags == (has_label, has_text, has_attrs),
@@ -197,7 +201,14 @@ def extract_features(
     finally:
         bar.close()
 
-    check(bool(feats), "the loader yielded no batches; check the split and its size", DataError)
+    check(
+        bool(feats),
+        f"every image of the split was unreadable and skipped ({empty_batches} batches; "
+        "data.on_bad_image=skip): check the files and that their format is readable"
+        if empty_batches
+        else "the loader yielded no batches; check the split and its size",
+        DataError,
+    )
     features = torch.cat(feats)
     n = features.shape[0]
     label_t = torch.cat(labels) if has_label else None

@@ -36,6 +36,47 @@ FALLBACK_C = 0.1
 """C used when a labelled subset is too small to cross-validate (fewer than 2 per class)."""
 
 
+#: Fewer labelled images than this in some class make a label fraction unreliable.
+MIN_LABELS_PER_CLASS = 2
+
+
+class LabelFractionWarning(UserWarning):
+    """A label fraction leaves fewer than :data:`MIN_LABELS_PER_CLASS` labels in some class."""
+
+
+def labels_per_class(labels: ArrayLike, fraction: float) -> dict[int, int]:
+    """Labelled images per class that :func:`class_balanced_subset` draws at ``fraction``."""
+    y = _labels_np(labels)
+    classes, counts = np.unique(y, return_counts=True)
+    return {
+        int(c): min(int(n), max(1, math.floor(fraction * int(n) + 0.5)))
+        for c, n in zip(classes, counts, strict=True)
+    }
+
+
+def warn_thin_fractions(labels: ArrayLike, fractions: Sequence[float]) -> dict[str, int]:
+    """Warn (:class:`LabelFractionWarning`) about fractions leaving under 2 labels in a class.
+
+    Returns ``{fraction key: smallest labels per class}`` of the fractions warned about.
+    """
+    thin: dict[str, int] = {}
+    for f in fractions:
+        smallest = min(labels_per_class(labels, f).values())
+        if smallest < MIN_LABELS_PER_CLASS:
+            thin[fraction_key(f)] = smallest
+    if thin:
+        listed = ", ".join(f"{k} ({n} per class)" for k, n in thin.items())
+        warnings.warn(
+            f"label fractions {listed} leave fewer than {MIN_LABELS_PER_CLASS} labelled images "
+            f"in some class: C cannot be cross-validated (C={FALLBACK_C} is used) and the "
+            "accuracy rests on single images; use larger eval.linear_probe_fractions or "
+            "eval.few_shot",
+            LabelFractionWarning,
+            stacklevel=3,
+        )
+    return thin
+
+
 def fraction_key(fraction: float) -> str:
     """Result key of a label fraction: 1.0 -> "100%", 0.1 -> "10%", 0.005 -> "0.5%"."""
     return f"{fraction * 100:g}%"
@@ -278,6 +319,7 @@ def linear_probe(
     check(seeds >= 1, f"seeds must be >= 1, got {seeds}", ConfigError)
     check(C is None or C > 0, f"C must be > 0, got {C}", ConfigError)
     tx, ty, vx, vy = _check_inputs(train_x, train_y, test_x, test_y)
+    warn_thin_fractions(ty, fractions)
     subsets = {
         fraction_key(f): [class_balanced_subset(ty, f, s) for s in range(1 if f >= 1.0 else seeds)]
         for f in fractions

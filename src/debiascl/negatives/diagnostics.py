@@ -3,8 +3,12 @@
 "True false negative" = a negative that shares the anchor's label (only when labels exist).
 Per anchor: precision = |removed & same-label| / |removed|, recall = |removed & same-label| /
 |same-label negatives|; both averaged over the anchors where they are defined (GloFND paper,
-Balmaseda et al. 2025, Sec. 5). Everything is a handful of reductions on masks the step already
-has, accumulated as sums so an epoch costs no extra synchronisation until :meth:`compute`.
+Balmaseda et al. 2025, Sec. 5). Rows labelled -1 (unlabelled) take part in no label-based count:
+precision, recall and the true false-negative fraction count only pairs whose two labels are
+known, while the removed fraction counts every pair.
+
+Everything is a handful of reductions on masks the step already has, accumulated as sums so an
+epoch costs no extra synchronisation until :meth:`compute`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class DetectionStats:
         "recall_n",
         "true_fn",
         "true_fn_removed",
+        "known_negatives",
     )
 
     def __init__(self) -> None:
@@ -38,7 +43,10 @@ class DetectionStats:
 
     def load_state(self, sums: torch.Tensor) -> None:
         """Restore sums saved by :meth:`state`, so a resumed epoch logs the same numbers."""
-        self._sums = sums.clone().to(torch.float64)
+        sums = sums.clone().to(torch.float64)
+        if sums.shape[0] == len(self._KEYS) - 1:  # saved before known_negatives existed
+            sums = torch.cat([sums, sums[1:2]])  # every negative had known labels
+        self._sums = sums
 
     def reset(self) -> None:
         self._sums = torch.zeros(len(self._KEYS), dtype=torch.float64)
@@ -55,18 +63,21 @@ class DetectionStats:
         zero = n_removed.new_zeros(())
         parts = [n_removed.sum(), batch.neg_mask.sum().double()]
         same = batch.same_label_mask()
-        if same is None:
-            parts += [zero] * 6
+        known = batch.known_label_mask()
+        if same is None or known is None:
+            parts += [zero] * 7
         else:
             hits = (removed & same).sum(1).double()
             n_same = same.sum(1).double()
+            n_removed_known = (removed & known).sum(1).double()
             parts += [
-                (hits / n_removed.clamp_min(1)).sum(),  # rows with nothing removed add 0
-                (n_removed > 0).sum().double(),
+                (hits / n_removed_known.clamp_min(1)).sum(),  # rows with nothing removed add 0
+                (n_removed_known > 0).sum().double(),
                 (hits / n_same.clamp_min(1)).sum(),
                 (n_same > 0).sum().double(),
                 n_same.sum(),
                 hits.sum(),
+                known.sum().double(),
             ]
         if self._sums.device != n_removed.device:
             self._sums = self._sums.to(n_removed.device)
@@ -88,6 +99,6 @@ class DetectionStats:
                 precision=precision,
                 recall=recall,
                 f1=f1,
-                true_fn_fraction=float(s[6] / s[1]),
+                true_fn_fraction=float(s[6] / s[8]),
             )
         return out

@@ -33,4 +33,5 @@ class OracleDetector(ScheduledDetector):
             )
         if not self.masking(ctx):
             return self.keep_all(batch)
-        return batch.anchor_labels[:, None] != batch.candidate_labels[None, :]
+        a, c = batch.anchor_labels[:, None], batch.candidate_labels[None, :]
+        return (a != c) | (a < 0) | (c < 0)  # pairs with an unknown label (-1) are kept
