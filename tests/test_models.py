@@ -57,21 +57,14 @@ def test_bag_of_words_is_order_free_and_handles_unknown_words() -> None:
     assert enc(["completely unseen"]).shape == (1, 6)
 
 
-def test_two_tower_logit_scale_is_learnable_and_clamped() -> None:
-    cfg = load_config("digits_clip", ["model.logit_scale_init=500", "model.max_logit_scale=100"])
+def test_two_tower_model_holds_no_logit_scale() -> None:
+    """The loss owns the temperature (tests/test_logit_scale.py); the model has none."""
+    cfg = load_config("digits_clip")
     model = build_model(cfg.model, "image_text", 1, corpus=["a photo of a zero."])
-    assert model.logit_scale.item() == pytest.approx(100.0)
-    assert model.log_logit_scale.requires_grad
+    assert not any("scale" in name for name, _ in model.named_parameters())
+    assert not any("scale" in name for name in model.state_dict())
     img, txt = model(torch.randn(3, 1, 8, 8), ["a photo of a zero."] * 3)
     assert img.shape == txt.shape == (3, cfg.model.embed_dim)
-    fixed = build_model(
-        load_config("digits_clip", ["model.learn_logit_scale=false"]).model,
-        "image_text",
-        1,
-        corpus=["x"],
-    )
-    assert not any(p is fixed.log_logit_scale for p in fixed.parameters())
-    assert fixed.logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
 
 
 def test_minilm_text_tower_loads_offline_and_caches_frozen_embeddings() -> None:

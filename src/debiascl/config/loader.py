@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from debiascl.config.schema import RunConfig
+from debiascl.config.schema import MOVED_KEYS, RunConfig
 from debiascl.errors import ConfigError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -61,7 +61,20 @@ def _format_validation_error(err: ValidationError) -> str:
     return "invalid config: " + "; ".join(problems)
 
 
+def _reject_moved_keys(raw: dict[str, Any]) -> None:
+    """A key that moved to another section is an error naming its new home."""
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        node = raw.get(section)
+        if isinstance(node, dict) and key in node:
+            raise ConfigError(
+                f"{old} was removed: use {new}; in a saved run's config.yaml delete the model.* "
+                "logit-scale keys and set the loss keys to what the run trained with"
+            )
+
+
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    _reject_moved_keys(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

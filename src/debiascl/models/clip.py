@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -26,10 +25,11 @@ class SimCLRModel(nn.Module):
 
 
 class TwoTowerModel(nn.Module):
-    """CLIP-style model: image tower, text tower, projections and a learnable logit scale.
+    """CLIP-style model: image tower, text tower and their projections.
 
-    The logit scale is stored as log(scale) and clamped at ``max_logit_scale`` as in CLIP
-    (Radford et al., 2021, Sec. 2.5).
+    The logit scale (temperature) is not part of the model: the contrastive loss owns it
+    (:class:`debiascl.objectives.scale.LogitScale`), fixed or learned, so there is one value per
+    run and evaluation uses the one that was trained.
     """
 
     def __init__(
@@ -38,25 +38,12 @@ class TwoTowerModel(nn.Module):
         image_head: nn.Module,
         text_encoder: nn.Module,
         text_head: nn.Module,
-        logit_scale_init: float = 1 / 0.07,
-        learn_logit_scale: bool = True,
-        max_logit_scale: float = 100.0,
     ) -> None:
         super().__init__()
         self.encoder = image_encoder
         self.head = image_head
         self.text_encoder = text_encoder
         self.text_head = text_head
-        log_scale = torch.tensor(math.log(logit_scale_init))
-        if learn_logit_scale:
-            self.log_logit_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_logit_scale", log_scale)
-        self.max_log_scale = math.log(max_logit_scale)
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return self.log_logit_scale.clamp(max=self.max_log_scale).exp()
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))

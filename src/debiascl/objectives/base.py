@@ -11,11 +11,15 @@ negatives (False = declared false negative, removed from the denominator) and ow
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from debiascl.errors import ConfigError
+from debiascl.negatives.thresholds import count_true
 from debiascl.objectives.context import StepContext
+from debiascl.objectives.scale import LogitScale
 from debiascl.pairs import PairwiseBatch
 
 
@@ -36,7 +40,42 @@ class LossTerms:
 
 
 class PairLoss(nn.Module):
-    """Base class: per-anchor loss of one direction of a contrastive batch."""
+    """Base class: per-anchor loss of one direction of a contrastive batch.
+
+    The loss owns its temperature: built with ``temperature=t`` it holds a :class:`LogitScale`
+    (``self.scale``, 1 / t, learned when ``learn_temperature``) that
+    :class:`~debiascl.objectives.ContrastiveObjective` passes to :meth:`forward`. Built without
+    one (``temperature=None``), the caller passes ``logit_scale`` to the objective on every call.
+    Only subclasses with ``learns_temperature = True`` accept ``learn_temperature=True``.
+
+    Raises:
+        ConfigError: ``learn_temperature`` for a loss that keeps a fixed temperature, or without
+            a temperature.
+    """
+
+    #: Whether this loss supports a learned temperature (CLIP-style); fixed-only otherwise.
+    learns_temperature: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        temperature: float | None = None,
+        learn_temperature: bool = False,
+        max_logit_scale: float = 100.0,
+    ) -> None:
+        super().__init__()
+        if learn_temperature and not self.learns_temperature:
+            raise ConfigError(
+                f"{type(self).__name__} keeps a fixed temperature; set "
+                "loss.learn_temperature=false (only losses that learn it, such as infonce, accept "
+                "true)"
+            )
+        if learn_temperature and temperature is None:
+            raise ConfigError("learn_temperature=True needs an initial temperature")
+        self.scale: LogitScale | None = (
+            LogitScale(temperature, learn_temperature, max_logit_scale)
+            if temperature is not None
+            else None
+        )
 
     def forward(
         self,
@@ -81,8 +120,7 @@ def keep_at_least_one(keep: torch.Tensor, batch: PairwiseBatch) -> torch.Tensor:
     Returns:
         (A, M) bool mask, equal to ``keep`` on rows that already keep a negative.
     """
-    kept = keep & batch.neg_mask
-    empty = ~kept.any(dim=1)
+    empty = count_true(keep & batch.neg_mask) == 0  # faster than a bool any() on CPU
     if not bool(empty.any()):
         return keep
     sim = batch.sim.detach().float().masked_fill(~batch.neg_mask, float("inf"))

@@ -11,7 +11,8 @@ from debiascl.registry import DETECTORS, LOSSES
 
 @LOSSES.register("infonce")
 def build_infonce(cfg: RunConfig, info: DatasetInfo) -> InfoNCELoss:
-    return InfoNCELoss()
+    lc = cfg.loss
+    return InfoNCELoss(lc.temperature, lc.learn_temperature, lc.max_logit_scale)
 
 
 @DETECTORS.register("none")

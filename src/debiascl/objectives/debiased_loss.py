@@ -44,6 +44,8 @@ class DebiasedLoss(PairLoss):
         num_samples: if given, the table length must equal it.
         eta_directions: batch names (``"image"``, ``"image_to_text"``, ``"text_to_image"``) that get
             the correction; ``None`` = all.
+        temperature: the fixed temperature t this loss owns (logit scale 1 / t, also in the
+            N e^{-1/t} floor); ``None``: the caller passes ``logit_scale``. Never learned here.
 
     Logs per direction: ``clamped_fraction`` (anchors at the N e^{-1/t} floor), ``eta_mean`` and
     ``negatives`` (mean N). :meth:`diagnostics` returns the same over the whole epoch (all
@@ -58,8 +60,9 @@ class DebiasedLoss(PairLoss):
         beta: float = 0.0,
         num_samples: int | None = None,
         eta_directions: Sequence[str] | None = None,
+        temperature: float | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(temperature)
         check(beta >= 0, f"HCL hardness beta must be >= 0, got {beta}", ConfigError)
         self.beta = float(beta)
         self.eta_directions = tuple(eta_directions) if eta_directions is not None else None
@@ -240,7 +243,9 @@ def _build(cfg: RunConfig, info: DatasetInfo, method: str) -> DebiasedLoss:
         )
     directions = _DIRECTION_NAMES[lc.eta_directions]
     if source == "constant":
-        return DebiasedLoss(eta=lc.eta, beta=lc.beta, eta_directions=directions)
+        return DebiasedLoss(
+            eta=lc.eta, beta=lc.beta, eta_directions=directions, temperature=lc.temperature
+        )
 
     spec = eta_spec_from_config(cfg, source)
     # Rank 0 scores the texts (possibly minutes with a masked LM) and every rank gets its table.
@@ -251,7 +256,11 @@ def _build(cfg: RunConfig, info: DatasetInfo, method: str) -> DebiasedLoss:
     table = dist_utils.broadcast_object(table)
     assert isinstance(table, torch.Tensor)
     loss = DebiasedLoss(
-        eta=table, beta=lc.beta, num_samples=info.num_samples, eta_directions=directions
+        eta=table,
+        beta=lc.beta,
+        num_samples=info.num_samples,
+        eta_directions=directions,
+        temperature=lc.temperature,
     )
     # Every rank holds the same table, so every rank can summarise it (logged on rank 0 only).
     loss.eta_report = {

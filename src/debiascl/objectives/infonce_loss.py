@@ -11,7 +11,12 @@ from debiascl.pairs import PairwiseBatch
 
 
 class InfoNCELoss(PairLoss):
-    """Per-anchor InfoNCE: -log e^{p} / (e^{p} + sum_kept e^{n})."""
+    """Per-anchor InfoNCE: -log e^{p} / (e^{p} + sum_kept e^{n}).
+
+    Supports a learned temperature (CLIP): ``InfoNCELoss(0.07, learn_temperature=True)``.
+    """
+
+    learns_temperature = True
 
     def forward(
         self,

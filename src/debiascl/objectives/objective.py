@@ -2,7 +2,7 @@
 
 This is the one object a training loop needs (the built-in trainer or your own)::
 
-    objective = ContrastiveObjective("image_image", InfoNCELoss(), detector, num_samples=N)
+    objective = ContrastiveObjective("image_image", InfoNCELoss(0.2), detector, num_samples=N)
     out = objective(z1, z2, ids, ctx=StepContext(epoch=e, step=s))
     out.loss.backward()
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from debiascl import distributed as dist_utils
-from debiascl.errors import DataError, check
+from debiascl.errors import ConfigError, DataError, check
 from debiascl.negatives.diagnostics import DetectionStats
 from debiascl.objectives.base import (
     FalseNegativeDetector,
@@ -33,6 +33,9 @@ from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch, clip_pairs, simclr_pairs
 
 Mode = Literal["image_image", "image_text"]
+
+#: Scale used when neither the loss owns a temperature nor the caller passes one (t = 0.1).
+DEFAULT_LOGIT_SCALE = 10.0
 
 
 @dataclass
@@ -121,7 +124,7 @@ class ContrastiveObjective(nn.Module):
         b: torch.Tensor,
         ids: torch.Tensor,
         labels: torch.Tensor | None = None,
-        logit_scale: torch.Tensor | float = 10.0,
+        logit_scale: torch.Tensor | float | None = None,
         ctx: StepContext | None = None,
     ) -> ObjectiveOutput:
         """Evaluate the objective on a local batch.
@@ -131,13 +134,19 @@ class ContrastiveObjective(nn.Module):
             b: (b, D) second view or text embeddings.
             ids: (b,) int64 sample ids in [0, num_samples).
             labels: optional (b,) labels, used only by the oracle detector and diagnostics.
-            logit_scale: 1 / temperature (tensor if learnable).
+            logit_scale: 1 / temperature for this call; leave it out to use the loss's own
+                :class:`~debiascl.objectives.scale.LogitScale` (what the built-in trainer does).
+                Refused for a learned one; a loss built without a temperature and no
+                ``logit_scale`` uses ``DEFAULT_LOGIT_SCALE`` (10, i.e. t = 0.1).
             ctx: training position; defaults to a training step at epoch 0.
+
+        Raises:
+            ConfigError: ``logit_scale`` given for a loss that learns its temperature.
         """
         ctx = ctx or StepContext()
         if self.num_samples is not None:
             validate_sample_ids(ids, self.num_samples)
-        scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=a.device)
+        scale = self._scale(logit_scale).to(device=a.device, dtype=torch.float32)
         total = torch.zeros((), device=a.device)
         value = torch.zeros((), device=a.device, dtype=torch.float64)
         logs: dict[str, float] = {}
@@ -160,6 +169,42 @@ class ContrastiveObjective(nn.Module):
             masks[batch.name] = keep
         value = dist_utils.all_reduce_sum(value)
         return ObjectiveOutput(loss=total, value=value, logs=logs, keep_masks=masks)
+
+    def _scale(self, logit_scale: torch.Tensor | float | None) -> torch.Tensor:
+        own = getattr(self.loss_fn, "scale", None)
+        if own is not None and own.learnable and logit_scale is not None:
+            raise ConfigError(
+                "this loss learns its temperature; passing logit_scale would leave the learned "
+                "scale without gradient — drop the logit_scale argument"
+            )
+        if own is not None and logit_scale is None:
+            return own()
+        return torch.as_tensor(DEFAULT_LOGIT_SCALE if logit_scale is None else logit_scale)
+
+    @property
+    def logit_scale(self) -> float | None:
+        """The loss's own (trained) logit scale 1 / t, or None if the caller passes it."""
+        own = getattr(self.loss_fn, "scale", None)
+        return own.value if own is not None else None
+
+    def sync_gradients(self) -> None:
+        """Average the gradients of the objective's own parameters (a learned temperature) over
+        ranks; call after ``backward`` and before the optimiser step. DDP averages only the
+        wrapped model's gradients; this makes the objective's equal the global-batch gradient
+        too. No-op in one process."""
+        if not dist_utils.is_distributed():
+            return
+        for param in self.parameters():
+            if param.requires_grad:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                param.grad.copy_(dist_utils.all_reduce_mean(param.grad))
+
+    def clamp_logit_scale_(self) -> None:
+        """Cap a learned logit scale after the optimiser step (CLIP practice)."""
+        own = getattr(self.loss_fn, "scale", None)
+        if own is not None:
+            own.clamp_()
 
     def epoch_diagnostics(self, reset: bool = True) -> dict[str, float]:
         """Removal fraction and detection quality since the last reset (reduced over ranks),

@@ -1,0 +1,47 @@
+"""Reading checkpoints written before a layout change (kept small and explicit).
+
+Logit scale (temperature) ownership: checkpoints written while the two-tower model held
+``log_logit_scale`` (and the loss held no scale) load into the current layout, where the loss owns
+the scale as ``loss_fn.scale.log_scale`` in the objective's state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+#: The model's logit-scale entry in checkpoints written before the loss owned the temperature.
+OLD_MODEL_KEY = "log_logit_scale"
+#: Where the loss's scale lives in the objective's state now.
+SCALE_KEY = "loss_fn.scale.log_scale"
+#: Hint for errors on checkpoints and configs from before the change.
+SCALE_CHANGE = (
+    "the temperature moved from the model to the loss (model.logit_scale_init -> "
+    "loss.temperature = 1/scale, model.learn_logit_scale -> loss.learn_temperature)"
+)
+
+
+def split_logit_scale(
+    model_state: dict[str, Any], objective_state: dict[str, Any], objective: nn.Module
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and objective states in the current layout.
+
+    An old model entry ``log_logit_scale`` becomes the objective's learned scale when the loss
+    learns one (image-text InfoNCE, where the model's scale was the trained one) and is dropped
+    otherwise (every other loss trained at ``loss.temperature``, which the config still gives).
+    An objective state without a scale entry gets the objective's own value (built from the
+    config). Current checkpoints pass through unchanged.
+    """
+    own = objective.state_dict()
+    if SCALE_KEY not in own or SCALE_KEY in objective_state:
+        return model_state, objective_state
+    model_state = dict(model_state)
+    objective_state = dict(objective_state)
+    old = model_state.pop(OLD_MODEL_KEY, None)
+    scale = objective.loss_fn.scale  # type: ignore[union-attr]
+    if old is not None and scale is not None and scale.learnable:
+        objective_state[SCALE_KEY] = old
+    else:
+        objective_state[SCALE_KEY] = own[SCALE_KEY]
+    return model_state, objective_state
