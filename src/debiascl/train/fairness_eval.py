@@ -29,7 +29,6 @@ from torch import nn
 
 from debiascl.data.augment import EvalTransform
 from debiascl.data.build import make_loader, stratified_subset
-from debiascl.data.captions import prompt_templates
 from debiascl.errors import ConfigError, DataError
 from debiascl.eval.fairness_audit import (
     few_shot_audit,
@@ -40,6 +39,7 @@ from debiascl.eval.fairness_audit import (
 from debiascl.eval.features import FeatureSet, extract_features
 from debiascl.eval.zero_shot import class_embeddings
 from debiascl.train.atomic import atomic_write_text
+from debiascl.train.prompts import zero_shot_prompts
 
 if TYPE_CHECKING:
     from debiascl.train.trainer import Trainer
@@ -200,7 +200,7 @@ def fairness_results(
             f"fairness.audit_attributes {unknown} are not attribute columns of the data "
             f"{list(data.attr_names)}; fix the names"
         )
-    if train_fs.labels is None or bool((train_fs.labels < 0).any()):
+    if train_fs.labels is None or not bool((train_fs.labels >= 0).any()):
         return {}  # every audit here needs class labels
     # image embeddings (zero-shot; the adversary's view for fairness.on=image)
     needs_image = fc.on == "image" or cfg.data.mode == "image_text"
@@ -208,6 +208,16 @@ def fairness_results(
     if needs_image:
         train_img = _extract(trainer, model, _image_encoder(trainer), "train").features
         test_img = _extract(trainer, model, _image_encoder(trainer), "test").features
+    # unlabelled rows (label -1) sit out of the audit; evaluate_model reports how many
+    keep_tr = train_fs.labels >= 0
+    keep_te = test_fs.labels >= 0 if test_fs.labels is not None else None
+    if not bool(keep_tr.all()) or (keep_te is not None and not bool(keep_te.all())):
+        train_fs = train_fs.select(keep_tr)
+        test_fs = test_fs if keep_te is None else test_fs.select(keep_te)
+        if train_img is not None and test_img is not None:
+            train_img = train_img[keep_tr]
+            test_img = test_img if keep_te is None else test_img[keep_te]
+    assert train_fs.labels is not None
     if fc.on == "text":
         train_emb, test_emb = _text_embeddings(model, train_fs), _text_embeddings(model, test_fs)
     elif fc.on == "feature":
@@ -257,10 +267,10 @@ def fairness_results(
         and y_test is not None
     ):
         assert train_img is not None and test_img is not None
-        prompt_names = getattr(data, "prompt_names", None) or data.class_names
-        templates = cfg.eval.zero_shot_templates or prompt_templates()
+        prompts = zero_shot_prompts(cfg, data.class_names)
+        assert prompts is not None
         class_emb = class_embeddings(
-            lambda texts: model.encode_text(texts), prompt_names, templates
+            lambda texts: model.encode_text(texts), prompts.fill_names, prompts.templates
         ).cpu()
         audit["zero_shot"] = zero_shot_audit(
             _sel(train_img, val),
