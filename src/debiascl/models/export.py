@@ -1,0 +1,215 @@
+"""Export a trained tower so that its own library loads it natively (``debiascl export``).
+
+* ``timm``: the image backbone as ``model.safetensors`` + timm's ``config.json``; load with
+  ``timm.create_model("local-dir:DIR")`` (features, ``num_classes=0``). Works for ``timm:<name>``
+  encoders and torchvision ResNets with the standard stem (same parameter names as timm's).
+* ``hf``: the Hugging Face text tower with ``save_pretrained`` (``model.safetensors``,
+  ``config.json``, tokenizer files) plus ``debiascl_text.json`` (pooling, max_length); load with
+  ``transformers.AutoModel.from_pretrained(DIR)``.
+* ``open_clip``: the whole CLIP model (both towers, the run's logit scale) as
+  ``open_clip_model.safetensors`` + ``open_clip_config.json``; load with
+  ``open_clip.create_model("local-dir:DIR")``.
+
+The exported weights are the backbone/tower only: debiascl's projection heads (used for the
+contrastive loss on non-CLIP towers) are written separately to ``debiascl_heads.safetensors``.
+The preprocessing recorded in the configs is the one the tower consumes (mean/std on [0, 1]
+pixels), so the library's own transforms reproduce debiascl's embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from debiascl.errors import CheckpointError, ConfigError
+
+FORMATS = ("timm", "hf", "open_clip")
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        from safetensors.torch import save_file
+    except ImportError as err:
+        raise ConfigError("export needs safetensors: pip install 'debiascl[timm]'") from err
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
+
+
+def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_run(run_dir: Path, checkpoint: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """(run config, checkpoint state) of a run directory's newest (or given) checkpoint."""
+    from debiascl.config import load_config
+    from debiascl.train import checkpoint as ckpt
+
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(str(config_path), ["checkpoint.resume=null"])
+    path = ckpt.resolve_resume(checkpoint or "latest", Path(run_dir))
+    return cfg, ckpt.load_checkpoint(path)
+
+
+def run_logit_scale(cfg: Any, state: dict[str, Any]) -> float:
+    """The logit scale 1/t the run ended with (learned scale from the objective, else 1/t)."""
+    objective = state.get("objective") or {}
+    for key, value in objective.items() if isinstance(objective, dict) else []:
+        if key.endswith("log_scale") and isinstance(value, torch.Tensor) and value.numel() == 1:
+            return math.exp(float(value))
+    return 1.0 / float(cfg.loss.temperature)
+
+
+def _image_net(encoder: nn.Module) -> tuple[nn.Module, str, list[float], list[float], int]:
+    """(net, timm architecture, mean, std, in_chans) of an exportable image encoder."""
+    from debiascl.models.encoders import _TimmEncoder
+    from debiascl.models.pretrained import DEBIASCL_MEAN, DEBIASCL_STD, PretrainedImageEncoder
+
+    if isinstance(encoder, PretrainedImageEncoder):
+        net, adapter = encoder.net, encoder.adapter
+        mean, std = adapter.mean.flatten().tolist(), adapter.std.flatten().tolist()
+        chans = adapter.channels
+    elif isinstance(encoder, (_TimmEncoder, torchvision.models.ResNet)):
+        net = encoder.net if isinstance(encoder, _TimmEncoder) else encoder
+        chans = _in_chans(net)  # trained from scratch on debiascl's normalisation
+        mean, std = [DEBIASCL_MEAN] * chans, [DEBIASCL_STD] * chans
+    else:
+        raise ConfigError(
+            f"export --to timm needs a timm:<name> or torchvision ResNet encoder, not "
+            f"{type(encoder).__name__}"
+        )
+    if hasattr(net, "pretrained_cfg") and getattr(net, "pretrained_cfg", None) is not None:
+        arch = net.pretrained_cfg.get("architecture") or type(net).__name__
+    elif type(net).__module__.startswith("torchvision") and isinstance(net.conv1, nn.Conv2d):
+        if net.conv1.kernel_size != (7, 7) or isinstance(net.maxpool, nn.Identity):
+            raise ConfigError(
+                "export --to timm supports torchvision ResNets with the standard stem"
+            )
+        depth = sum(len(getattr(net, f"layer{i}")) for i in range(1, 5))
+        bottleneck = type(net.layer1[0]).__name__ == "Bottleneck"
+        arch = {(8, False): "resnet18", (16, False): "resnet34", (16, True): "resnet50"}[
+            (depth, bottleneck)
+        ]
+    else:
+        raise ConfigError(f"export --to timm cannot name the timm architecture of {type(net)}")
+    return net, arch, mean, std, chans
+
+
+def _in_chans(net: nn.Module) -> int:
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            return int(module.in_channels)
+    return 3
+
+
+def export_timm(model: nn.Module, out: Path, image_size: int) -> Path:
+    net, arch, mean, std, chans = _image_net(model.encoder)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(net.state_dict(), out / "model.safetensors")
+    config = {
+        "architecture": arch,
+        "num_classes": 0,
+        "num_features": int(model.encoder.feature_dim),
+        "model_args": {"in_chans": chans},
+        "pretrained_cfg": {
+            "input_size": [chans, image_size, image_size],
+            "mean": mean,
+            "std": std,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "num_classes": 0,
+        },
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def export_hf(model: nn.Module, out: Path) -> Path:
+    from debiascl.models.hf_text import HFTextEncoder
+
+    text = getattr(model, "text_encoder", None)
+    if not isinstance(text, HFTextEncoder):
+        raise ConfigError(
+            "export --to hf needs a run with a Hugging Face text tower (minilm or hf:<folder>)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    text.model.save_pretrained(str(out))
+    text.tokenizer.save_pretrained(str(out))
+    meta = {"pooling": text.pooling, "max_length": text.max_length, "source": text.source}
+    (out / "debiascl_text.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def export_open_clip(model: nn.Module, out: Path, arch: str, logit_scale: float) -> Path:
+    from debiascl.models.open_clip_model import import_open_clip, open_clip_state_dict
+
+    open_clip = import_open_clip()
+    state = open_clip_state_dict(model, logit_scale)
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise ConfigError(f"open_clip has no config for {arch!r}; register it before exporting")
+    adapter = model.encoder.adapter
+    preprocess = {"mean": adapter.mean.flatten().tolist(), "std": adapter.std.flatten().tolist()}
+    out.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(state, out / "open_clip_model.safetensors")
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def _heads(model: nn.Module) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name in ("head", "text_head"):
+        head = getattr(model, name, None)
+        if head is not None:
+            out.update({f"{name}.{k}": v for k, v in head.state_dict().items()})
+    return out
+
+
+def load_trained_model(
+    run_dir: Path, checkpoint: str | None = None
+) -> tuple[Any, dict[str, Any], nn.Module]:
+    """(config, checkpoint state, model with the trained weights in eval mode) of a run."""
+    from debiascl.models.build import build_model
+
+    cfg, state = load_run(Path(run_dir), checkpoint)
+    # bag_of_words: a stand-in vocabulary of the saved size (its words are not exported)
+    texts = None
+    if cfg.model.text_encoder == "bag_of_words" and "model" in state:
+        weight = state["model"].get("text_encoder.embedding.weight")
+        texts = [f"w{i}" for i in range(int(weight.shape[0]) - 1)] if weight is not None else None
+    model = build_model(cfg.model, cfg.data.mode, cfg.data.channels, corpus=texts)
+    model.load_state_dict(state["model"])
+    return cfg, state, model.eval()
+
+
+def export_run(run_dir: Path, to: str, out: Path, checkpoint: str | None = None) -> Path:
+    """Write the trained tower(s) of ``run_dir`` to ``out`` in format ``to`` (see module doc).
+
+    Raises:
+        ConfigError: unknown format, or a model without the tower the format needs.
+        CheckpointError: not a run directory, or no readable checkpoint.
+    """
+    if to not in FORMATS:
+        raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {to!r}")
+    cfg, state, model = load_trained_model(Path(run_dir), checkpoint)
+    out = Path(out)
+    if to == "timm":
+        export_timm(model, out, cfg.data.image_size)
+    elif to == "hf":
+        export_hf(model, out)
+    else:
+        if not cfg.model.encoder.startswith("open_clip:"):
+            raise ConfigError("export --to open_clip needs a run with encoder=open_clip:<arch>")
+        arch = cfg.model.encoder.removeprefix("open_clip:")
+        export_open_clip(model, out, arch, run_logit_scale(cfg, state))
+    heads = _heads(model)
+    if heads:
+        _save_safetensors(heads, out / "debiascl_heads.safetensors")
+    return out
