@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Keys that moved: old dotted key -> what replaces it (the loader names it in its error).
 MOVED_KEYS = {
@@ -362,8 +361,31 @@ class EvalConfig(Section):
     zero_shot: bool = True
     zero_shot_templates: list[str] = Field(
         default_factory=list,
-        description="prompt templates with '{}' for the class name; empty: the data's captions",
+        description="zero-shot prompt templates, '{}' marks the class name (put in as it is, "
+        "e.g. 'a chest X-ray showing {}.'); empty: the caption templates for built-in datasets, "
+        "else generic 'a photo of a {}.'-style prompts",
     )
+    class_names: list[str] | dict[str, str] = Field(
+        default_factory=list,
+        description="readable class names for zero-shot prompts and results: a list in label "
+        "order, or a mapping label value -> name; empty: the data's names",
+    )
+
+    @field_validator("zero_shot_templates")
+    @classmethod
+    def _templates_have_a_slot(cls, value: list[str]) -> list[str]:
+        for template in value:
+            if "{}" not in template:
+                raise ValueError(f"template {template!r} has no '{{}}' where the class name goes")
+        return value
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _label_values_as_text(cls, value: object) -> object:
+        # YAML reads `{0: normal}` with int keys; label values are matched as text.
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+        return value
     retrieval: bool = True
     retrieval_ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5, 10])
     references: bool = Field(True, description="also evaluate random-init encoder and raw pixels")
