@@ -1,4 +1,4 @@
-"""Command-line interface: ``debiascl train | eval | demo | configs``.
+"""Command-line interface: ``debiascl train | eval | demo | report | explore | configs``.
 
 User errors (bad config, missing data, unreadable files) print one line and exit non-zero;
 ``--debug`` shows the full traceback.
@@ -56,12 +56,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from debiascl.report import aggregate_runs, markdown_table
 
+    if args.output and Path(args.output).suffix.lower() in (".html", ".htm"):
+        from debiascl.report.html import write_report
+
+        out = write_report([Path(p) for p in args.run_dirs], Path(args.output), args.projection)
+        print(f"report: {out}")
+        return 0
     groups = aggregate_runs([Path(p) for p in args.run_dirs])
     print(markdown_table(groups))
     if args.json:
         from debiascl.train.atomic import atomic_write_text
 
         atomic_write_text(Path(args.json), json.dumps(groups, indent=2) + "\n")
+    if args.output:
+        from debiascl.train.atomic import atomic_write_text
+
+        atomic_write_text(Path(args.output), markdown_table(groups) + "\n")
+    return 0
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from debiascl.report.explorer import write_explorer
+
+    html, csv_path = write_explorer(
+        Path(args.run_dir), Path(args.output) if args.output else None, args.limit
+    )
+    print(f"explorer: {html}\nexport: {csv_path}")
     return 0
 
 
@@ -132,13 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser(
         "report",
-        help="aggregate finished runs over seeds (mean ± std)",
+        help="aggregate finished runs over seeds (mean ± std); -o x.html for the HTML report",
         description="Group run directories by setting (config minus seed and name) and print a "
-        "Markdown table of mean ± std over seeds.",
+        "Markdown table of mean ± std over seeds; with -o report.html write one self-contained "
+        "HTML report with plots (curves, detection, thresholds, eta, fairness, embeddings).",
     )
     report.add_argument("run_dirs", nargs="+", help="run directories with summary.json")
     report.add_argument("--json", help="also write the aggregate to this JSON file")
+    report.add_argument(
+        "-o",
+        "--output",
+        help="write to this file: .html gives the self-contained HTML report with plots "
+        "(needs the report extra), any other suffix the Markdown table",
+    )
+    report.add_argument(
+        "--projection",
+        choices=("pca", "tsne"),
+        default="pca",
+        help="2-D projection of the embedding view (HTML report)",
+    )
     report.set_defaults(func=_cmd_report)
+
+    explore = sub.add_parser(
+        "explore",
+        help="browse the pairs a false-negative detector removed (HTML + CSV)",
+        description="Write RUN_DIR/explorer.html: the sampled removed pairs side by side "
+        "(thumbnails, captions/reports), most similar first, and explorer.csv with sample ids.",
+    )
+    explore.add_argument("run_dir", help="run directory with removed_pairs.csv")
+    explore.add_argument("-o", "--output", help="HTML path (default: RUN_DIR/explorer.html)")
+    explore.add_argument("--limit", type=int, default=None, help="show only the N most similar")
+    explore.set_defaults(func=_cmd_explore)
 
     export = sub.add_parser(
         "export",
