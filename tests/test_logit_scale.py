@@ -187,6 +187,10 @@ def test_zero_shot_uses_the_trained_scale(
         assert trained != pytest.approx(1 / 0.07, abs=1e-6)
 
 
+def _without_scale(objective_state: dict) -> dict:
+    return {k: v for k, v in objective_state.items() if not k.startswith("loss_fn.scale.")}
+
+
 def test_old_checkpoint_layout_loads(tmp_path: Path) -> None:
     """Checkpoints from when the model held ``log_logit_scale`` load into the loss's scale."""
     src = _trainer(tmp_path / "src", "digits_clip")
@@ -194,7 +198,7 @@ def test_old_checkpoint_layout_loads(tmp_path: Path) -> None:
     state = src.state_dict()
     old_value = torch.tensor(math.log(20.0))
     state["model"] = {**state["model"], OLD_MODEL_KEY: old_value}
-    state["objective"] = {k: v for k, v in state["objective"].items() if k != SCALE_KEY}
+    state["objective"] = _without_scale(state["objective"])
     learned = _trainer(tmp_path / "dst", "digits_clip")
     learned.load_state_dict(state)
     assert learned.objective.logit_scale == pytest.approx(20.0)
@@ -206,3 +210,4 @@ def test_old_checkpoint_layout_loads(tmp_path: Path) -> None:
     fixed_state["objective"] = {k: v for k, v in fixed_state["objective"].items() if k != SCALE_KEY}
     fixed.load_state_dict(fixed_state)  # the unused old model scale is dropped
     assert fixed.objective.logit_scale == pytest.approx(1 / 0.07, rel=1e-6)
+    assert "loss_fn.scale.fixed" in fixed.state_dict()["objective"]  # checkpoints record it

@@ -46,21 +46,22 @@ class LogitScale(nn.Module):
         )
         self.learnable = bool(learnable)
         self.max_log_scale = math.log(max_scale)
-        log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
         if self.learnable:
+            log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
             self.log_scale = nn.Parameter(log_scale)
         else:
-            # Persistent: the checkpoint records the scale the run trained with.
-            self.register_buffer("log_scale", log_scale)
+            # 1 / t itself (bit-equal to passing the number), persistent: the checkpoint records
+            # the scale the run trained with.
+            self.register_buffer("fixed", torch.tensor(1.0 / temperature, dtype=torch.float32))
 
     def forward(self) -> torch.Tensor:
         """The scale 1 / t (scalar; in the graph when learnable)."""
-        return self.log_scale.exp()
+        return self.log_scale.exp() if self.learnable else self.fixed
 
     @property
     def value(self) -> float:
         """The current scale as a Python float."""
-        return float(self.log_scale.detach().exp())
+        return float(self.forward().detach())
 
     @torch.no_grad()
     def clamp_(self) -> None:

@@ -13,8 +13,9 @@ from torch import nn
 
 #: The model's logit-scale entry in checkpoints written before the loss owned the temperature.
 OLD_MODEL_KEY = "log_logit_scale"
-#: Where the loss's scale lives in the objective's state now.
+#: Where a learned scale lives in the objective's state now (a fixed one: ``loss_fn.scale.fixed``).
 SCALE_KEY = "loss_fn.scale.log_scale"
+_PREFIX = "loss_fn.scale."
 #: Hint for errors on checkpoints and configs from before the change.
 SCALE_CHANGE = (
     "the temperature moved from the model to the loss (model.logit_scale_init -> "
@@ -33,15 +34,12 @@ def split_logit_scale(
     An objective state without a scale entry gets the objective's own value (built from the
     config). Current checkpoints pass through unchanged.
     """
-    own = objective.state_dict()
-    if SCALE_KEY not in own or SCALE_KEY in objective_state:
-        return model_state, objective_state
     model_state = dict(model_state)
-    objective_state = dict(objective_state)
     old = model_state.pop(OLD_MODEL_KEY, None)
-    scale = objective.loss_fn.scale  # type: ignore[union-attr]
-    if old is not None and scale is not None and scale.learnable:
+    own = {k: v for k, v in objective.state_dict().items() if k.startswith(_PREFIX)}
+    if not own or any(k in objective_state for k in own):
+        return model_state, objective_state
+    objective_state = {**objective_state, **own}
+    if old is not None and SCALE_KEY in own:  # the old learned scale was the trained one
         objective_state[SCALE_KEY] = old
-    else:
-        objective_state[SCALE_KEY] = own[SCALE_KEY]
     return model_state, objective_state
