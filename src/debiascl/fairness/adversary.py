@@ -390,10 +390,11 @@ class AdversarialFairness(nn.Module):
         if adv.method == "alternating":
             for _ in range(adv.disc_steps):
                 adv.discriminator_step(z.detach(), attrs)
-        term, logs = adv.encoder_term(z, attrs, epoch)
-        (loss_contrastive + term).backward()
-        encoder_optimizer.step()
-        adv.step()  # reversal: applies D's optimiser; alternating: no-op
+        term, logs = adv.encoder_term(z, attrs, epoch)  # epoch: fractional (epoch + b / steps)
+        scaler.scale(loss_contrastive + term).backward()  # fp16 AMP; else a plain backward
+        scaler.step(encoder_optimizer)
+        adv.step(scaler)  # reversal: applies D's optimiser (unscaled); alternating: no-op
+        scaler.update()
     """
 
     def __init__(
@@ -579,16 +580,25 @@ class AdversarialFairness(nn.Module):
         logs["adv/weight"] = w
         return term, logs
 
-    def step(self) -> None:
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
         """Apply the discriminator's optimiser to gradients left by ``encoder_term`` (reversal).
 
         Gradients are averaged over DDP ranks first. A no-op for the alternating method, whose
         encoder term leaves D without gradient.
+
+        Args:
+            scaler: the ``GradScaler`` that scaled the backward these gradients come from (fp16
+                AMP). D's gradients are then unscaled and the step skipped on inf/NaN, like the
+                encoder's; call before ``scaler.update()``. None: a plain optimiser step.
         """
         if self.method != "reversal":
             return
         self._reduce_grads()
-        self.optimizer.step()
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+            scaler.step(self.optimizer)
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def discriminator_step(

@@ -4,9 +4,13 @@ The trainer (``debiascl.train.trainer``) calls::
 
     adv = build_adversary(cfg, model, device, data)          # None unless fairness.enabled
     term, logs = adv.training_term(a, b, batch, ctx, clean)   # before backward
-    ...backward, encoder optimiser step...
-    logs |= adv.after_encoder_step(a.detach(), b.detach(), batch, ctx)
+    ...scaler.scale(loss + term).backward(), scaler.step(encoder optimiser)...
+    logs |= adv.after_encoder_step(a.detach(), b.detach(), batch, ctx, scaler=scaler)
+    scaler.update()                                           # after every optimiser stepped
     record |= adv.epoch_logs()                                # once per epoch
+
+``ctx.fractional_epoch`` (``epoch + b / steps_per_epoch``) drives the weight schedule
+(``fairness.warmup_epochs``/``ramp_epochs``), so a ramp moves every step, not once per epoch.
 
 ``a``/``b`` are the two embeddings of the contrastive step (image/text in ``image_text`` mode, two
 views in ``image_image`` mode). ``fairness.on`` picks what the adversary sees: ``image`` (``a``;
@@ -296,7 +300,7 @@ class TrainerAdversary(nn.Module):
             logs.update(self._maybe_refit(int(ctx.epoch)))
         z, attrs = self._inputs(a, b, batch, clean)
         weights = self._sample_weights(batch, attrs, z.shape[0])
-        epoch = float(ctx.epoch) if getattr(ctx, "training", True) else 0.0
+        epoch = _schedule_epoch(ctx) if getattr(ctx, "training", True) else 0.0
         if self.core.method == "alternating":
             for _ in range(self.core.disc_steps):
                 logs.update(self.core.discriminator_step(z.detach().float(), attrs, weights))
@@ -431,10 +435,17 @@ class TrainerAdversary(nn.Module):
         return logs
 
     def after_encoder_step(
-        self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, Any], ctx: Any
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        batch: Mapping[str, Any],
+        ctx: Any,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> dict[str, float]:
+        """Apply D's optimiser (reversal); ``scaler``: the encoder's loss scaler, if any (call
+        before ``scaler.update()``)."""
         if self.core.method == "reversal" and self.own_reversal_step:
-            self.core.step()
+            self.core.step(scaler)
         return {}
 
     def log_state(self) -> dict[str, dict[str, float]]:
@@ -454,6 +465,12 @@ class TrainerAdversary(nn.Module):
         self._sums.clear()
         self._counts.clear()
         return out
+
+
+def _schedule_epoch(ctx: Any) -> float:
+    """The fractional epoch of a step context (``epoch + b / steps_per_epoch``), else its epoch."""
+    frac = getattr(ctx, "fractional_epoch", None)
+    return float(ctx.epoch if frac is None else frac)
 
 
 def build_adversary(

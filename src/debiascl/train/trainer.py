@@ -232,13 +232,21 @@ class Trainer:
         # and lowers the scale, so the guard only looks at gradients without a scaler.
         if not self.scaler.is_enabled() and not self._grads_finite():
             self.optimizer.zero_grad(set_to_none=True)
+            if self.adversary is not None:  # nor may the discriminator keep this step's grads
+                self.adversary.zero_grad(set_to_none=True)
             return self._nonfinite(ctx, "gradient", logs)
         self.scaler.step(self.optimizer)
         self.objective.clamp_logit_scale_()  # cap the stored value, not the forward (CLIP)
+        if self.adversary is not None:
+            # reversal: D's gradients come from the same scaled backward, so D's optimiser is
+            # unscaled and stepped through the scaler too, before the scale is updated
+            logs.update(
+                self.adversary.after_encoder_step(
+                    a.detach(), b.detach(), batch, ctx, scaler=self.scaler
+                )
+            )
         self.scaler.update()
         self.scheduler.step()
-        if self.adversary is not None:
-            logs.update(self.adversary.after_encoder_step(a.detach(), b.detach(), batch, ctx))
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         return logs
 
@@ -703,6 +711,8 @@ class Trainer:
                 step=self.state.step,
                 training=True,
                 progress=self.state.step / max(1, self.total_steps),
+                # schedules in epochs (the adversary's warm-up/ramp) move every step
+                fractional_epoch=epoch + (self.state.batch - 1) / self.steps_per_epoch,
             )
             logs = self._guarded_step(batch, ctx)
             self.state.step += 1
