@@ -135,7 +135,7 @@ def _trainer(tmp_path: Path, config: str, *overrides: str) -> Trainer:
 
 
 def test_learned_scale_moves_in_training_and_a_fixed_one_is_no_parameter(tmp_path: Path) -> None:
-    learned = _trainer(tmp_path / "a", "digits_clip")
+    learned = _trainer(tmp_path / "a", "digits_clip", "loss.learn_temperature=true")
     start = learned.objective.logit_scale
     assert any(p is learned.objective.loss_fn.scale.log_scale for p in _opt_params(learned))
     learned.fit(evaluate=False)
@@ -160,7 +160,7 @@ def _opt_params(trainer: Trainer) -> list[torch.Tensor]:
     ("overrides", "expected"),
     [
         (["loss.name=sogclr", "loss.temperature=0.5", "loss.learn_temperature=false"], 2.0),
-        ([], None),
+        (["loss.learn_temperature=true"], None),
     ],
 )
 def test_zero_shot_uses_the_trained_scale(
@@ -193,13 +193,13 @@ def _without_scale(objective_state: dict) -> dict:
 
 def test_old_checkpoint_layout_loads(tmp_path: Path) -> None:
     """Checkpoints from when the model held ``log_logit_scale`` load into the loss's scale."""
-    src = _trainer(tmp_path / "src", "digits_clip")
+    src = _trainer(tmp_path / "src", "digits_clip", "loss.learn_temperature=true")
     src.fit(evaluate=False)
     state = src.state_dict()
     old_value = torch.tensor(math.log(20.0))
     state["model"] = {**state["model"], OLD_MODEL_KEY: old_value}
     state["objective"] = _without_scale(state["objective"])
-    learned = _trainer(tmp_path / "dst", "digits_clip")
+    learned = _trainer(tmp_path / "dst", "digits_clip", "loss.learn_temperature=true")
     learned.load_state_dict(state)
     assert learned.objective.logit_scale == pytest.approx(20.0)
     fixed = _trainer(
