@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from debiascl.cli import main
-from debiascl.eval.linear_probe import FALLBACK_C, LabelFractionWarning, linear_probe
 
 SMALL = ["train.batch_size=8", "model.width=4", "model.proj_hidden_dim=16", "model.embed_dim=8"]
 
@@ -327,6 +326,8 @@ def test_train_table_has_the_removed_fraction_column(capsys, tmp_path):
 
 
 def test_thin_label_fraction_warns():
+    from debiascl.eval.linear_probe import FALLBACK_C, LabelFractionWarning, linear_probe
+
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 10)  # 10 labels per class
     x = rng.normal(size=(30, 4)) + y[:, None]

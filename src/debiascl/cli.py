@@ -39,10 +39,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from debiascl.train.evaluate import evaluate_run_dir, format_summary
 
-    results = evaluate_run_dir(Path(args.run_dir), args.checkpoint, list(args.overrides))
-    print(format_summary(results))
-    if args.json:
-        print(json.dumps(results, indent=2))
+    def show(results: dict) -> None:  # printed before saving: a failed save loses nothing
+        print(format_summary(results))
+        if args.json:
+            print(json.dumps(results, indent=2, default=str))
+        sys.stdout.flush()
+
+    output = Path(args.output) if args.output else Path(args.run_dir) / "eval.json"
+    evaluate_run_dir(
+        Path(args.run_dir), args.checkpoint, list(args.overrides), output=output, show=show
+    )
+    print(f"results saved to {output}")
     return 0
 
 
@@ -131,9 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate the newest (or a given) checkpoint of a run directory.",
     )
     ev.add_argument("run_dir", help="run directory written by `debiascl train`")
-    ev.add_argument("overrides", nargs="*", help="section.key=value overrides (eval.*, data.*)")
+    ev.add_argument(
+        "overrides",
+        nargs="*",
+        help="section.key=value overrides: eval.* and the evaluation data (data.test_manifest, "
+        "data.manifest, data.label_column, data.test_size, ...); data settings the model was "
+        "trained on (image_size, channels, mode) are refused",
+    )
     ev.add_argument("--checkpoint", help="checkpoint path (default: newest in the run)")
     ev.add_argument("--json", action="store_true", help="also print the results as JSON")
+    ev.add_argument(
+        "--output",
+        help="results file (default RUN_DIR/eval.json); use it to evaluate a read-only run",
+    )
     ev.set_defaults(func=_cmd_eval)
 
     demo = sub.add_parser(

@@ -8,6 +8,7 @@ probes are run on the encoder at its random initialisation and on raw pixels.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,12 +17,12 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from debiascl.config import load_config
 from debiascl.config.schema import EvalConfig
 from debiascl.data.augment import EvalTransform
-from debiascl.data.build import make_loader
-from debiascl.data.captions import prompt_templates
-from debiascl.errors import CheckpointError, DataError
+from debiascl.data.build import build_data, make_loader
+from debiascl.errors import CheckpointError, ConfigError, DataError, TrainingError
+from debiascl.eval.embedding_sample import FILE_NAME as EMBEDDINGS_FILE
+from debiascl.eval.embedding_sample import embedding_sample_bytes
 from debiascl.eval.features import FeatureSet, extract_features
 from debiascl.eval.knn import knn_eval
 from debiascl.eval.linear_probe import few_shot_probe, linear_probe, raw_pixel_probe
@@ -30,15 +31,17 @@ from debiascl.eval.retrieval import caption_group_ids, retrieval_eval
 from debiascl.eval.zero_shot import class_embeddings, zero_shot_eval
 from debiascl.models import build_model
 from debiascl.train import checkpoint as ckpt
-from debiascl.train.atomic import atomic_write_text
+from debiascl.train.atomic import atomic_write
 from debiascl.train.fairness_eval import fairness_results
 from debiascl.train.legacy import split_logit_scale
+from debiascl.train.prompts import zero_shot_prompts
 from debiascl.train.setup import seed_everything
 
 if TYPE_CHECKING:
     from debiascl.train.trainer import Trainer
 
 EVAL_BATCH = 512
+logger = logging.getLogger("debiascl.eval")
 
 
 def _features(
@@ -73,7 +76,10 @@ def probe_options(cfg: EvalConfig) -> dict[str, Any]:
 def _probe_results(trainer: Trainer, train: FeatureSet, test: FeatureSet) -> dict[str, Any]:
     cfg = trainer.cfg.eval
     out: dict[str, Any] = {}
-    if train.labels is None or test.labels is None or bool((train.labels < 0).any()):
+    if train.labels is None or test.labels is None:
+        return out
+    train, test = labelled_rows(train), labelled_rows(test)  # unlabelled rows (-1) sit out
+    if len(train) == 0 or len(test) == 0:
         return out
     out["linear_probe"] = linear_probe(
         train.features,
@@ -105,6 +111,23 @@ def _probe_results(trainer: Trainer, train: FeatureSet, test: FeatureSet) -> dic
     return out
 
 
+def labelled_rows(fs: FeatureSet) -> FeatureSet:
+    """The rows of ``fs`` with a known label (>= 0); unlabelled rows carry -1."""
+    if fs.labels is None or bool((fs.labels >= 0).all()):
+        return fs
+    return fs.select(fs.labels >= 0)
+
+
+def unlabelled_counts(train: FeatureSet, test: FeatureSet) -> dict[str, int]:
+    """``{"train": n, "test": m}``: rows left out of label-based evaluation (label -1)."""
+    counts = {
+        split: int((fs.labels < 0).sum())
+        for split, fs in (("train", train), ("test", test))
+        if fs.labels is not None
+    }
+    return counts if any(counts.values()) else {}
+
+
 def _backbone(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.features(x)
 
@@ -128,6 +151,18 @@ def _evaluate(trainer: Trainer, model: nn.Module, references: bool) -> dict[str,
     train_fs = _features(trainer, model, _backbone, "train")
     test_fs = _features(trainer, model, _backbone, "test")
     results = _probe_results(trainer, train_fs, test_fs)
+    excluded = unlabelled_counts(train_fs, test_fs)
+    if excluded:  # the probes, kNN, zero-shot and the audit used the labelled rows only
+        results["unlabelled_excluded"] = excluded
+    # a bounded sample of test embeddings for the report's 2-D embedding view
+    try:
+        atomic_write(
+            trainer.run_dir / EMBEDDINGS_FILE,
+            lambda fh: fh.write(embedding_sample_bytes(test_fs, trainer.data.attr_names)),
+        )
+    except TrainingError as err:  # a full disk must not lose the evaluation computed so far
+        logger.warning("%s", err)
+        results.setdefault("unsaved_files", []).append(EMBEDDINGS_FILE)
     if trainer.cfg.data.mode == "image_text":
         results.update(_image_text_results(trainer, model))
     # fairness audit (zero-shot, few-shot, leakage) when the data has sensitive attributes
@@ -148,17 +183,20 @@ def _image_text_results(trainer: Trainer, model: nn.Module) -> dict[str, Any]:
     cfg = trainer.cfg.eval
     out: dict[str, Any] = {}
     image = _features(trainer, model, lambda m, x: m.encode_image(x), "test")
-    names = trainer.data.class_names
-    if cfg.zero_shot and names and image.labels is not None:
-        # prompt_names carry the article the captions use ("a sneaker", "an ankle boot").
-        prompt_names = getattr(trainer.data, "prompt_names", None) or names
-        templates = cfg.zero_shot_templates or prompt_templates()
+    prompts = zero_shot_prompts(trainer.cfg, trainer.data.class_names)
+    labelled = labelled_rows(image)
+    if cfg.zero_shot and prompts and labelled.labels is not None and len(labelled):
         class_emb = class_embeddings(
-            lambda texts: model.encode_text(texts), prompt_names, templates
+            lambda texts: model.encode_text(texts), prompts.fill_names, prompts.templates
         )
         out["zero_shot"] = zero_shot_eval(
-            image.features, image.labels, class_emb, trained_logit_scale(trainer), names
+            labelled.features,
+            labelled.labels,
+            class_emb,
+            trained_logit_scale(trainer),
+            prompts.class_names,
         )
+        out["zero_shot"].update(prompts.describe())
     if cfg.retrieval and image.texts:
         text_emb = torch.cat(
             [
@@ -194,6 +232,9 @@ def _references(trainer: Trainer) -> dict[str, Any]:
     out: dict[str, Any] = {"random_init": random_init}
     train_px, test_px = _pixels(trainer, "train"), _pixels(trainer, "test")
     if train_px[1] is not None and test_px[1] is not None:
+        known_tr, known_te = train_px[1] >= 0, test_px[1] >= 0
+        train_px = (train_px[0][known_tr], train_px[1][known_tr])
+        test_px = (test_px[0][known_te], test_px[1][known_te])
         out["raw_pixels"] = {
             "linear_probe": raw_pixel_probe(
                 train_px[0],
@@ -229,6 +270,7 @@ SUMMARY_COLUMNS = {
     "fairness/headline/zero_shot_worst_group_auc": "ZS wg-AUC",
     "fairness/headline/zero_shot_dpd": "ZS DPD",
     "fairness/headline/zero_shot_eod": "ZS EOD",
+    "fn_detection/removed_fraction": "removed",
     "fn_detection/precision": "FN prec",
     "fn_detection/recall": "FN rec",
 }
@@ -242,8 +284,31 @@ def format_summary(summary: dict[str, Any]) -> str:
     present = {k: v for k, v in SUMMARY_COLUMNS.items() if any(_has(r, k) for r in rows.values())}
     if not summary.get("fn_detection", {}).get("removed_fraction"):
         # nothing was removed: precision is undefined and recall is 0 by construction
-        present = {k: v for k, v in present.items() if not k.startswith("fn_detection/")}
-    return format_table(rows, present, row_header="model")
+        present = {
+            k: v
+            for k, v in present.items()
+            if not k.startswith("fn_detection/") or k == "fn_detection/removed_fraction"
+        }
+    lines = [format_table(rows, present, row_header="model")]
+    if "fn_detection/removed_fraction" in present:
+        lines.append("removed: share of negative pairs the detector removed in the last epoch (%)")
+    excluded = summary.get("unlabelled_excluded")
+    if excluded:
+        lines.append(
+            "unlabelled rows left out of the label-based evaluation: "
+            + ", ".join(f"{n} of {split}" for split, n in excluded.items())
+        )
+    zero_shot = summary.get("zero_shot")
+    if isinstance(zero_shot, dict) and zero_shot.get("class_names"):
+        templates = zero_shot.get("templates") or []
+        lines.append(
+            f"zero-shot classes (label order): {', '.join(zero_shot['class_names'])}; "
+            f"{len(templates)} prompt templates ({zero_shot.get('template_source')}), e.g. "
+            f"{templates[0]!r}"
+            if templates
+            else f"zero-shot classes (label order): {', '.join(zero_shot['class_names'])}"
+        )
+    return "\n".join(lines)
 
 
 def _has(tree: Any, path: str) -> bool:
@@ -255,16 +320,43 @@ def _has(tree: Any, path: str) -> bool:
 
 
 def evaluate_run_dir(
-    run_dir: Path, checkpoint: str | None = None, overrides: list[str] | None = None
+    run_dir: Path,
+    checkpoint: str | None = None,
+    overrides: list[str] | None = None,
+    output: Path | None = None,
+    show: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Re-evaluate a run directory's newest (or given) checkpoint; writes ``eval.json``."""
+    """Re-evaluate a run directory's newest (or given) checkpoint and write the results.
+
+    Args:
+        run_dir: a directory written by ``debiascl train``.
+        checkpoint: checkpoint path (default: the newest of the run).
+        overrides: ``eval.*`` and evaluation-only ``data.*`` settings (see
+            :mod:`debiascl.train.eval_run`).
+        output: results file (default ``run_dir/eval.json``); files the evaluation writes
+            besides (``fairness.txt``, the embedding sample) go into its folder.
+        show: called with the results before they are saved (the CLI prints them).
+
+    Raises:
+        ConfigError: the output folder is not writable (checked before any work) or an override
+            changes a data setting the model depends on.
+        ResultsNotSavedError: the results were computed but could not be written; they are on
+            the exception's ``results``.
+    """
+    from debiascl.train.eval_run import ensure_writable_dir, eval_configs, save_results
     from debiascl.train.trainer import Trainer
 
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(str(config_path), [*(overrides or []), "checkpoint.resume=null"])
-    trainer = Trainer(cfg, run_dir=run_dir)
+    output = Path(output) if output is not None else run_dir / "eval.json"
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a folder; name a file such as {output}/eval.json")
+    ensure_writable_dir(
+        output.parent, "pass --output FILE in a writable folder to evaluate a read-only run"
+    )
+    model_cfg, cfg = eval_configs(config_path, list(overrides or []))
+    trainer = Trainer(model_cfg, run_dir=run_dir)
     path = ckpt.resolve_resume(checkpoint or "latest", run_dir)
     state = ckpt.load_checkpoint(path, trainer.fingerprint, trainer.fingerprint_parts)
     model_state, objective_state = split_logit_scale(
@@ -272,9 +364,13 @@ def evaluate_run_dir(
     )
     trainer.model.load_state_dict(model_state)
     trainer.objective.load_state_dict(objective_state)  # the trained temperature
+    if cfg.data != model_cfg.data:  # evaluation data (another test manifest, label column, ...)
+        trainer.data = build_data(cfg.data, cfg.seed)
+    trainer.cfg = cfg
+    trainer.run_dir = output.parent  # fairness.txt and the embedding sample go next to output
     results = evaluate_model(trainer, references=cfg.eval.references)
     results["checkpoint"] = str(path)
-    import json
-
-    atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2, default=str) + "\n")
+    if show is not None:
+        show(results)
+    save_results(results, output)
     return results
