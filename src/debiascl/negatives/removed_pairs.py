@@ -79,12 +79,30 @@ class RemovedPairSample:
         """
         removed = batch.neg_mask & ~keep
         device = removed.device
-        keys = torch.rand(removed.shape, generator=self._generator(device), device=device)
-        keys = keys.double().masked_fill(~removed, math.inf).flatten()
-        k = min(self.capacity, keys.numel())
-        if k == 0:
-            return
-        top, flat = keys.topk(k, largest=False)
+        gen = self._generator(device)
+        if device.type == "cpu":
+            # keys for the removed pairs only (nonzero costs no device sync on the CPU)
+            flat = removed.flatten().nonzero().squeeze(1)
+            if flat.numel() == 0:
+                return
+            keys = torch.rand(flat.numel(), generator=gen)
+            if self._buf is not None and len(self._buf) == self.capacity:
+                enter = keys < self._buf[-1, 0]  # only keys below the current k-th can enter
+                keys, flat = keys[enter], flat[enter]
+                if flat.numel() == 0:
+                    return
+            if flat.numel() > self.capacity:
+                keys, pos = keys.topk(self.capacity, largest=False)
+                flat = flat[pos]
+        else:
+            # on an accelerator: a key for every entry and a masked topk, no host sync
+            keys = torch.rand(removed.shape, generator=gen, device=device)
+            keys = keys.masked_fill(~removed, math.inf).flatten()  # fp32: 4 bytes per pair
+            k = min(self.capacity, keys.numel())
+            if k == 0:
+                return
+            keys, flat = keys.topk(k, largest=False)
+        top = keys.double()
         cols = batch.sim.shape[1]
         rows, cols = flat // cols, flat % cols
         sim = batch.sim.detach()[rows, cols].double()
