@@ -247,3 +247,35 @@ def test_every_image_skipped_says_so(capsys, tmp_path):
     code, _, err = cli(capsys, argv)
     assert code == 2
     one_line_error(err, "all 16 training images were unreadable and skipped")
+
+
+def test_mimic_dicom_manifest_from_the_medical_loader_trains(capsys, tmp_path):
+    """load_mimic_cxr(suffix=".dcm") -> write_manifest -> `debiascl train` reads the DICOMs."""
+    from debiascl.data.medical import load_mimic_cxr, write_manifest
+
+    n = 16
+    subjects = [10000000 + i for i in range(n)]
+    studies = [50000000 + i for i in range(n)]
+    meta = pd.DataFrame(
+        {
+            "dicom_id": [f"d{i}" for i in range(n)],
+            "subject_id": subjects,
+            "study_id": studies,
+            "ViewPosition": ["PA"] * n,
+        }
+    )
+    labels = pd.DataFrame(
+        {"subject_id": subjects, "study_id": studies, "Edema": [float(i % 2) for i in range(n)]}
+    )
+    patients = pd.DataFrame({"subject_id": subjects, "gender": ["F", "M"] * (n // 2)})
+    manifest = load_mimic_cxr(meta, labels, patients, suffix=".dcm")
+    root = tmp_path / "mimic"
+    rng = np.random.default_rng(0)
+    for rel in manifest["path"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        _write_dicom(root / rel, rng.integers(0, 4096, (8, 8)))
+    path = write_manifest(manifest, root / "train.csv")
+    argv = _train_manifest(tmp_path / "run", path, "data.label_column=Edema")
+    code, _, err = cli(capsys, argv)
+    assert code == 0, err
+    assert ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")
