@@ -139,3 +139,18 @@ def test_knn_caps_k_at_the_smallest_class_and_reports_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # k within every class: no warning
         assert knn_eval(train_x, train_y, test_x, test_y, k=3)["k"] == 3
+
+
+def test_zero_shot_audit_accuracy_counts_ties_by_expectation():
+    from debiascl.eval.fairness_audit import zero_shot_audit
+
+    rng = np.random.default_rng(5)
+    emb = rng.standard_normal((30, 4))
+    y = np.array([0] * 16 + [1] * 8 + [2] * 6)  # argmax -> class 0 would score 16/30
+    attrs = {"g": np.array(["a", "b"] * 15, dtype=object)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # groups without an AUC under constant scores
+        out = zero_shot_audit(emb, y, emb, y, attrs, np.ones((3, 4)), decision="argmax")
+    assert out["accuracy"] == pytest.approx(
+        1 / 3
+    )  # a collapsed text tower: chance, not 1/3 by luck

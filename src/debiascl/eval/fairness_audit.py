@@ -33,7 +33,7 @@ from debiascl.errors import DataError
 from debiascl.eval._arrays import ArrayLike, as_numpy
 from debiascl.eval.linear_probe import FALLBACK_C, few_shot_subset, select_C
 from debiascl.eval.report import format_table
-from debiascl.eval.zero_shot import zero_shot_scores
+from debiascl.eval.zero_shot import zero_shot_accuracy, zero_shot_scores
 from debiascl.fairness.metrics import MISSING, choose_threshold, fairness_report, is_missing
 from debiascl.missing import as_object_column
 
@@ -128,7 +128,8 @@ def zero_shot_audit(
     test_p = zero_shot_scores(test_emb, class_emb, logit_scale).softmax(1).cpu().numpy()
     ty = as_numpy(test_targets, "test_targets")
     decision = decision or ("youden" if test_p.shape[1] == 2 else "argmax")
-    acc = float(np.mean(test_p.argmax(1) == ty))
+    known = ty >= 0  # negative targets are ignored, as in the fairness report
+    acc = zero_shot_accuracy(test_p[known], ty[known])  # exact ties count by their expected hit
     if decision == "argmax":
         rep = audit_scores(None, None, test_p, ty, test_attrs, decision="argmax", **report_kwargs)
     else:
@@ -206,7 +207,8 @@ def few_shot_audit(
             rows = few_shot_subset(ty, k, seed)
             model = _fit_probe(tx[rows], ty[rows], C, seed)
             vp, sp = _probs(model, vx, n_classes), _probs(model, sx, n_classes)
-            accs.append(float(np.mean(sp.argmax(1) == sy)))
+            known = sy >= 0  # top-1 on the labelled rows, ties by their expected hit
+            accs.append(zero_shot_accuracy(sp[known], sy[known]))
             rep = audit_scores(
                 _binary_if_two(vp),
                 vy,
