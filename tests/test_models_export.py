@@ -126,6 +126,7 @@ def test_open_clip_export_round_trips(tmp_path) -> None:
     _train(
         run, "digits_clip", f"model.encoder=open_clip:{ARCH}", f"model.weights={ckpt}",
         "model.text_encoder=open_clip", "model.embed_dim=16", "data.channels=3",
+        "loss.learn_temperature=true",
     )  # fmt: skip
     cfg, state, model = load_trained_model(run)
     out = tmp_path / "oc_export"
@@ -142,7 +143,7 @@ def test_open_clip_export_round_trips(tmp_path) -> None:
         txt_diff = model.encode_text(texts) - native.encode_text(tokenizer(texts))
     assert img_diff.abs().max() <= ATOL and txt_diff.abs().max() <= ATOL
     learned = [v for k, v in state["objective"].items() if k.endswith("log_scale")]
-    assert len(learned) == 1  # digits_clip learns its temperature
+    assert len(learned) == 1  # the run learned its temperature
     torch.testing.assert_close(native.logit_scale.detach().reshape(()), learned[0].reshape(()))
     assert float(learned[0]) != pytest.approx(torch.tensor(1 / cfg.loss.temperature).log().item())
 
@@ -154,3 +155,13 @@ def test_export_errors_are_one_line(tmp_path, capsys) -> None:
     assert "Hugging Face text tower" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--to", "timm", "-o", str(tmp_path / "o")]) != 0
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_run_logit_scale_reads_the_objective_state() -> None:
+    from debiascl.models.export import run_logit_scale
+
+    cfg = SimpleNamespace(loss=SimpleNamespace(temperature=0.5))
+    learned = {"objective": {"loss_fn.scale.log_scale": torch.tensor(3.0)}}
+    assert run_logit_scale(cfg, learned) == pytest.approx(torch.tensor(3.0).exp().item())
+    assert run_logit_scale(cfg, {"objective": {"loss_fn.scale.fixed": torch.tensor(4.0)}}) == 4.0
+    assert run_logit_scale(cfg, {"objective": {}}) == 2.0

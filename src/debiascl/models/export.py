@@ -61,8 +61,12 @@ def run_logit_scale(cfg: Any, state: dict[str, Any]) -> float:
     """The logit scale 1/t the run ended with (learned scale from the objective, else 1/t)."""
     objective = state.get("objective") or {}
     for key, value in objective.items() if isinstance(objective, dict) else []:
-        if key.endswith("log_scale") and isinstance(value, torch.Tensor) and value.numel() == 1:
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            continue
+        if key.endswith("scale.log_scale"):  # learned: log(1/t)
             return math.exp(float(value))
+        if key.endswith("scale.fixed"):  # fixed: 1/t
+            return float(value)
     return 1.0 / float(cfg.loss.temperature)
 
 
