@@ -24,6 +24,7 @@ stays finite at any temperature (e^{l} overflows float32 beyond l = 88, e.g. log
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -40,6 +41,115 @@ def masked_log_mean_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """
     n = mask.sum(1).to(x.dtype)
     return torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=1) - torch.log(n)
+
+
+#: Added to removed entries before the exponential: e^{x - 1e30} is exactly 0 in float32.
+_REMOVED = 1e30
+_EXP_FLOOR = -80.0
+
+
+@torch.no_grad()
+def masked_exp(
+    sim: torch.Tensor, logit_scale: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shifted exponentials of the masked logits, in a few fused passes over (A, M).
+
+    Args:
+        sim: (A, M) similarities (any float dtype; read as float32, detached).
+        logit_scale: scalar tensor 1 / t.
+        mask: (A, M) bool, the entries to keep (at least one per row).
+
+    Returns:
+        ``(e, shift, total)``: e (A, M) float32 with e_ij = exp(l_ij - shift_i) on kept entries
+        and exactly 0 elsewhere (l = logit_scale * sim; l_ij - shift_i is floored at -80, far
+        below float32's resolution of the row sum), shift (A,) the row max of the kept
+        logits (so every e_ij <= 1 and the row's largest is 1: no overflow or underflow of the
+        row sum at any temperature), and total (A,) = sum_j e_ij.
+    """
+    keep = mask.view(torch.uint8).to(torch.float32)  # byte view: much faster than .float()
+    e = keep.sub(1.0).mul_(_REMOVED)  # 0 where kept, -1e30 where removed
+    e.addcmul_(sim.detach().float(), logit_scale.detach().float())
+    shift = e.amax(dim=1)
+    # Clamping before exp keeps every input in exp's fast vectorised range (an underflowing
+    # exp is several times slower on CPU); the kept entries it touches are < e^-80 of the row
+    # max, and the removed ones are zeroed exactly by the mask.
+    e.sub_(shift[:, None]).clamp_min_(_EXP_FLOOR).exp_().mul_(keep)
+    return e, shift, e.sum(dim=1)
+
+
+class _SogCLRSurrogate(torch.autograd.Function):
+    """Surrogate rows c_i (sum_j e_ij x_ij) [- l_i,i+] with the gradient written directly.
+
+    x_ij = l_ij (unimodal) or l_ij - l_i,i+ (relative); c_i = e^{shift_i - log u_i} / n_i, so
+    c_i e_ij = w_ij / n_i. Backward is one scaled copy of e plus a scatter into the positive
+    column, instead of autograd's chain over several (A, M) temporaries.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        sim: torch.Tensor,
+        scale: torch.Tensor,
+        e: torch.Tensor,
+        total: torch.Tensor,
+        coef: torch.Tensor,
+        pos_index: torch.Tensor,
+        relative: bool,
+    ) -> torch.Tensor:
+        simf = sim.detach().float()
+        scalef = scale.detach().float()
+        pos_sim = simf.gather(1, pos_index[:, None])[:, 0]
+        dot = (e * simf).sum(dim=1)  # sum_j e_ij s_ij (faster than linalg.vecdot on CPU)
+        per_scale = coef * (dot - pos_sim * total) if relative else coef * dot - pos_sim
+        ctx.save_for_backward(e, total, coef, pos_index, scalef, per_scale)
+        ctx.relative = relative
+        ctx.sim_dtype = sim.dtype
+        return per_scale * scalef
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        e, total, coef, pos_index, scalef, per_scale = ctx.saved_tensors
+        grad_sim = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            g = grad.float() * coef * scalef
+            grad_sim = e * g[:, None]
+            pos_grad = -(g * total) if ctx.relative else -(grad.float() * scalef)
+            grad_sim.scatter_add_(1, pos_index[:, None], pos_grad[:, None])
+            grad_sim = grad_sim.to(ctx.sim_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_scale = (grad.float() * per_scale).sum()
+        return grad_sim, grad_scale, None, None, None, None, None
+
+
+def sogclr_surrogate_from_exp(
+    sim: torch.Tensor,
+    logit_scale: torch.Tensor,
+    e: torch.Tensor,
+    total: torch.Tensor,
+    shift: torch.Tensor,
+    count: torch.Tensor,
+    log_u: torch.Tensor,
+    pos_index: torch.Tensor,
+    relative: bool = False,
+) -> torch.Tensor:
+    """:func:`sogclr_surrogate` from :func:`masked_exp`'s output (same values and gradients).
+
+    Args:
+        sim: (A, M) similarities in the graph; logit_scale: scalar tensor (may require grad).
+        e, total: from ``masked_exp(sim, logit_scale, mask)``.
+        shift: (A,) the shift of ``e`` in x's terms: masked_exp's shift, minus the positive
+            logit when ``relative`` (e^{x_ij - shift_i} = e_ij).
+        count: (A,) number n_i of kept entries per row.
+        log_u: (A,) log u_i, estimating log mean_j e^{x_ij}.
+        pos_index: (A,) column of each row's positive.
+        relative: bimodal form (logits relative to the positive).
+
+    Returns:
+        (A,) surrogate values; their gradient w.r.t. ``sim`` and ``logit_scale`` is SogCLR's.
+    """
+    coef = torch.exp(shift.detach() - log_u.detach()) / count.to(torch.float32).clamp_min(1.0)
+    scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=sim.device)
+    return _SogCLRSurrogate.apply(sim, scale, e, total, coef, pos_index, relative)
 
 
 def moving_average_log_u(
