@@ -211,3 +211,20 @@ def test_old_checkpoint_layout_loads(tmp_path: Path) -> None:
     fixed.load_state_dict(fixed_state)  # the unused old model scale is dropped
     assert fixed.objective.logit_scale == pytest.approx(1 / 0.07, rel=1e-6)
     assert "loss_fn.scale.fixed" in fixed.state_dict()["objective"]  # checkpoints record it
+
+
+def test_an_old_checkpoint_that_does_not_fit_names_the_change(tmp_path: Path) -> None:
+    from debiascl.errors import CheckpointError
+    from debiascl.train import checkpoint as ckpt
+
+    old = {
+        "model": {OLD_MODEL_KEY: torch.tensor(2.0)},
+        "fingerprint": "old",
+        "fingerprint_parts": {"model": "a", "data": "d"},
+        "config": {"model": {"logit_scale_init": 14.285714, "learn_logit_scale": True}},
+    }
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError) as err:
+        ckpt.load_checkpoint(tmp_path / "old.pt", "new", {"model": "b", "data": "d"})
+    assert "model.logit_scale_init -> loss.temperature" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -286,6 +286,7 @@ def _check(
     saved = state.get("fingerprint")
     if expected_fingerprint is not None and saved != expected_fingerprint:
         differing = ""
+        names: list[str] = []
         saved_parts = state.get("fingerprint_parts")
         if expected_parts is not None and isinstance(saved_parts, dict):
             keys = set(expected_parts) | set(saved_parts)
@@ -293,7 +294,8 @@ def _check(
             if names:
                 differing = f" (differs in: {', '.join(names)})"
         saved_model = (state.get("config") or {}).get("model") or {}
-        if isinstance(saved_model, dict) and "logit_scale_init" in saved_model:
+        scale_parts = not names or any(n.split(".")[0] in ("model", "loss") for n in names)
+        if isinstance(saved_model, dict) and "logit_scale_init" in saved_model and scale_parts:
             differing += f"; it predates a change: {SCALE_CHANGE}"
         raise CheckpointError(
             f"checkpoint {path} was written by a run with a different config or data size"
