@@ -227,3 +227,20 @@ def test_torchrun_two_gloo_processes_finetune_open_clip(tiny, tmp_path) -> None:
     )
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert any(k.startswith("adv/") for k in record) and "negatives/removed_fraction" in record
+
+
+def test_image_image_mode_uses_the_clip_image_tower_with_a_projection_head(tiny) -> None:
+    ckpt, _ = tiny
+    cfg = load_config("digits_simclr", [*_model_overrides(ckpt), "model.embed_dim=8"])
+    model = build_model(cfg.model, "image_image", 3).eval()
+    clip = open_clip.create_model(ARCH, pretrained=str(ckpt)).eval()
+    u = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.features((u - 0.5) / 0.5), clip.encode_image(_normalised(u, clip))
+        )
+        assert model((u - 0.5) / 0.5).shape == (4, 8)
+    with pytest.raises(ConfigError, match="needs model.encoder=open_clip"):
+        build_model(
+            load_config("digits_clip", ["model.text_encoder=open_clip"]).model, "image_text", 1
+        )
