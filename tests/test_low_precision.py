@@ -107,3 +107,26 @@ def test_eval_metrics_accept_half_zero_rows(zero_row_pair) -> None:
     assert torch.isfinite(scores).all()
     logits = zero_shot_scores(z1.half(), z2[:3].half())
     assert torch.isfinite(logits).all() and logits[0].abs().max() == 0
+
+
+@pytest.mark.parametrize("mode", ["image_image", "image_text"])
+def test_every_registered_loss_is_finite_on_half_zero_rows(zero_row_pair, mode, tmp_path) -> None:
+    from debiascl.config.schema import RunConfig
+    from debiascl.data.info import DatasetInfo
+    from debiascl.methods import build_objective
+    from debiascl.registry import LOSSES
+
+    z1, z2 = zero_row_pair
+    labels = torch.arange(8) % 4
+    info = DatasetInfo(num_samples=8, labels=labels, texts=[f"class {int(c)}" for c in labels])
+    for loss in LOSSES.names():
+        values = []
+        for a, b in ((z1.half(), z2.half()), (z1.half().float(), z2.half().float())):
+            cfg = RunConfig(output_dir=str(tmp_path))
+            cfg.data.mode, cfg.loss.name = mode, loss
+            if loss == "ssd":
+                cfg.loss.eta_source = "class_frequency"
+            out = build_objective(cfg, info)(a, b, torch.arange(8), labels=labels)
+            values.append(out.value)
+        assert torch.isfinite(values[0]), loss
+        assert values[0].item() == pytest.approx(values[1].item(), rel=1e-5), loss
