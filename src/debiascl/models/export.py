@@ -101,7 +101,10 @@ def _image_net(encoder: nn.Module) -> tuple[nn.Module, str, list[float], list[fl
             (depth, bottleneck)
         ]
     else:
-        raise ConfigError(f"export --to timm cannot name the timm architecture of {type(net)}")
+        raise ConfigError(
+            f"export --to timm supports timm:<name> and torchvision ResNet encoders, not "
+            f"{type(net).__name__} (its weights are in the run's checkpoint under encoder.net.)"
+        )
     return net, arch, mean, std, chans
 
 

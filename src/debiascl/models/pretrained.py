@@ -11,7 +11,9 @@ debiascl's augmentation hands every encoder images normalised as ``(x - 0.5) / 0
 [0, 1] (``debiascl.data.augment``). A pretrained tower expects the statistics it was trained with,
 so :class:`InputAdapter` undoes debiascl's normalisation, repeats a grey channel to RGB, and applies
 the tower's own mean/std (ImageNet statistics for torchvision, the model's ``pretrained_cfg`` for
-timm, mean 127/255 and std 128/255 for EfficientNet-Lite as in its TensorFlow reference).
+timm, mean 127/255 and std 128/255 for EfficientNet-Lite: its weights are converted from the
+TensorFlow Lite checkpoints, whose preprocessing is (x - 127) / 128 on 0-255 pixels; timm's own
+``tf_efficientnet_lite0`` port uses the same 0.5 / 0.5).
 Pretrained towers keep their own stem (``model.small_image_stem`` does not apply to them).
 """
 
