@@ -22,7 +22,7 @@ def eta_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Section:
         run = next((r for r in group.runs if (r.eta_summary or {}).get("histogram")), None)
         if run is not None:
             h = run.eta_summary["histogram"]
-            hists.append((label, h["edges"], h["counts"]))
+            hists.append((label, h["edges"], h["counts"], group.colour))
             e = run.eta_summary
             rows.append(
                 [
@@ -33,7 +33,9 @@ def eta_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Section:
                     _num(e.get("spearman_vs_text_count")),
                 ]
             )
-    clamp = [(n, x, m) for n, x, _, m, _ in _curves(groups, labels, "negatives/clamped_fraction")]
+    clamp = [
+        (n, x, m, c) for n, x, _, m, _, c in _curves(groups, labels, "negatives/clamped_fraction")
+    ]
     if not hists and not clamp:
         return _missing(sid, title, "No eta table or clamp fraction (SSD/DCL/HCL) in these runs.")
     parts = []

@@ -46,7 +46,16 @@ def _epoch_axis(ax: Any, xlabel: str) -> None:
     if xlabel == "epoch":
         from matplotlib.ticker import MaxNLocator
 
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _marker(xs: Sequence[float]) -> str | None:
+    return "o" if len(xs) < 30 else None
+
+
+def _c(colour: list[str]) -> str | None:
+    """The optional colour element of a series tuple (one colour per setting across plots)."""
+    return colour[0] if colour else None
 
 
 def _png(fig: Any) -> str:
@@ -60,8 +69,8 @@ def line_plot(
 ) -> str:
     """One line per ``(label, x, y)``."""
     fig, ax = _figure()
-    for label, xs, ys in series:
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+    for label, xs, ys, *colour in series:
+        ax.plot(xs, ys, marker=_marker(xs), markersize=3, label=label, color=_c(colour))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     _epoch_axis(ax, xlabel)
     if logy:
@@ -85,16 +94,20 @@ def grid_plot(
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(3.6 * cols + 1, 3.0 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
+    all_x = [x for series in panels.values() for _, xs, *_ in series for x in xs]
+    widest = max(panels, key=lambda k: len(panels[k]))
     for i, (title, series) in enumerate(panels.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
-        for label, xs, ys in series:
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        if all_x:  # one x range for every panel
+            ax.set_xlim(min(all_x) - 0.3, max(all_x) + 0.3)
+        for label, xs, ys, *colour in series:
+            ax.plot(xs, ys, marker=_marker(xs), markersize=3, label=label, color=_c(colour))
         ax.set(title=title, xlabel=xlabel)
         _epoch_axis(ax, xlabel)
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        if i == 0:
+        if title == widest:
             ax.legend(fontsize=7)
     return _png(fig)
 
@@ -107,8 +120,8 @@ def band_plot(
 ) -> str:
     """Median line with a shaded low-high band per ``(label, x, low, mid, high)``."""
     fig, ax = _figure()
-    for label, xs, lo, mid, hi in bands:
-        (line,) = ax.plot(xs, mid, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+    for label, xs, lo, mid, hi, *colour in bands:
+        (line,) = ax.plot(xs, mid, marker=_marker(xs), markersize=3, label=label, color=_c(colour))
         ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     _epoch_axis(ax, xlabel)
@@ -135,7 +148,7 @@ def bar_plot(
     )
     x = np.arange(len(categories), dtype=float)
     width = 0.8 / max(1, len(groups))
-    for i, (label, vals, spread) in enumerate(groups):
+    for i, (label, vals, spread, *colour) in enumerate(groups):
         v = np.asarray(vals, dtype=float)
         pos = x - 0.4 + width * (i + 0.5)
         if lows_highs is not None:
@@ -144,7 +157,7 @@ def bar_plot(
             err = np.nan_to_num(err)
         else:
             err = np.nan_to_num(np.asarray(spread, dtype=float))
-        ax.bar(pos, np.nan_to_num(v), width, yerr=err, capsize=3, label=label)
+        ax.bar(pos, np.nan_to_num(v), width, yerr=err, capsize=3, label=label, color=_c(colour))
     ax.set_xticks(
         x,
         categories,
@@ -186,9 +199,14 @@ def histogram_plot(
 ) -> str:
     """Pre-binned histograms: ``(label, edges (k+1), counts (k))`` drawn as steps."""
     fig, ax = _figure()
-    for label, edges, counts in hists:
+    for label, edges, counts, *colour in hists:
         ax.stairs(
-            counts, edges, fill=len(hists) == 1, alpha=0.6 if len(hists) == 1 else 1.0, label=label
+            counts,
+            edges,
+            fill=len(hists) == 1,
+            alpha=0.6 if len(hists) == 1 else 1.0,
+            label=label,
+            color=_c(colour),
         )
     ax.set(title=title, xlabel=xlabel, ylabel="samples")
     ax.grid(alpha=0.3)

@@ -111,6 +111,7 @@ class RunGroup:
 
     key: str
     runs: list[RunData]
+    colour: str = "C0"  # the setting's colour in every plot
 
     @property
     def label(self) -> str:
@@ -126,7 +127,7 @@ def group_runs(runs: Sequence[RunData]) -> list[RunGroup]:
     groups: dict[str, RunGroup] = {}
     for run in runs:
         key = _setting_key(json.loads(json.dumps(run.config)))
-        groups.setdefault(key, RunGroup(key, [])).runs.append(run)
+        groups.setdefault(key, RunGroup(key, [], f"C{len(groups) % 10}")).runs.append(run)
     return list(groups.values())
 
 

@@ -68,7 +68,7 @@ def _curves(groups: Sequence[RunGroup], labels: Sequence[str], key: str) -> list
             name = label if n == 1 else f"{label} (mean ± std, {n} seeds)"
             lo = [m - s for m, s in zip(mean, std, strict=True)]
             hi = [m + s for m, s in zip(mean, std, strict=True)]
-            out.append((name, xs, lo, mean, hi))
+            out.append((name, xs, lo, mean, hi, group.colour))
     return out
 
 
@@ -148,7 +148,7 @@ def results_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Sectio
         rows.append(
             [label, *(_fmt(*s, len(group.runs)) for s in stats), f"{len(group.runs)} ({seeds})"]
         )
-        bars.append((label, [100 * s[0] for s in stats], [100 * s[1] for s in stats]))
+        bars.append((label, [100 * s[0] for s in stats], [100 * s[1] for s in stats], group.colour))
     body = table(["setting", *paths.values(), "seeds"], rows, "results")
     body += (
         "<p>Mean ± sample standard deviation over seeds, in % (n = seeds with the value where "
@@ -184,7 +184,9 @@ def detection_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Sect
         if any(v > 0 for r in g.runs for v in r.series("negatives/removed_fraction")[1])
     ]
     groups, labels = [g for g, _ in active], [lab for _, lab in active]
-    removed = [(n, x, m) for n, x, _, m, _ in _curves(groups, labels, "negatives/removed_fraction")]
+    removed = [
+        (n, x, m, c) for n, x, _, m, _, c in _curves(groups, labels, "negatives/removed_fraction")
+    ]
     if not removed:
         return _missing(sid, title, "No false-negative detector removed negatives in these runs.")
     parts = [
@@ -196,14 +198,14 @@ def detection_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Sect
     ]
     panels = {}
     for key in ("precision", "recall", "f1"):
-        series = [(n, x, m) for n, x, _, m, _ in _curves(groups, labels, f"negatives/{key}")]
+        series = [(n, x, m, c) for n, x, _, m, _, c in _curves(groups, labels, f"negatives/{key}")]
         if series:
             panels[key] = series
     if panels:
         parts.append(
             img(
                 "detection_quality",
-                plots.grid_plot(panels, "epoch", (0.0, 1.0)),
+                plots.grid_plot(panels, "epoch", (0.0, 1.03)),
                 "precision recall F1",
             )
         )
@@ -236,7 +238,7 @@ def threshold_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Sect
             _, mid, _ = group_curve(group, f"{p}/p50")
             _, hi, _ = group_curve(group, f"{p}/p90")
             if xs and len(xs) == len(mid) == len(hi):
-                bands.append((label, xs, lo, mid, hi))
+                bands.append((label, xs, lo, mid, hi, group.colour))
         if bands:
             png = plots.band_plot(
                 bands, f"lambda ({direction}): median, 10-90% band", "epoch", "lambda"
