@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from torch import nn
@@ -12,6 +13,8 @@ from debiascl.models.clip import SimCLRModel, TwoTowerModel
 from debiascl.models.encoders import build_image_encoder
 from debiascl.models.heads import projection_head
 from debiascl.models.text import BagOfWordsTextEncoder, MiniLMTextEncoder
+
+log = logging.getLogger(__name__)
 
 
 def build_text_encoder(cfg: ModelConfig, corpus: Sequence[str] | None = None) -> nn.Module:
@@ -59,6 +62,12 @@ def _build_open_clip(cfg: ModelConfig, mode: str) -> nn.Module:
     # The loss owns the temperature (loss.temperature); the checkpoint's value is kept for reference
     # (set loss.temperature = 1 / checkpoint_logit_scale to start where the checkpoint ended).
     model.checkpoint_logit_scale = scale
+    log.info(
+        "%s: the checkpoint's logit scale is %.4g; loss.temperature=%.4g starts from it",
+        cfg.encoder,
+        scale,
+        1.0 / scale,
+    )
     return model
 
 
