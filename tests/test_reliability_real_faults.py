@@ -68,6 +68,18 @@ def _fill(directory: Path, leave: int) -> Path:
     return filler
 
 
+def test_atomic_write_on_a_full_file_system_keeps_the_previous_file(tmpfs):
+    from debiascl.train.atomic import atomic_write
+
+    target = tmpfs / "ckpt.pt"
+    target.write_bytes(b"previous")
+    too_big = b"x" * (9 * 1024 * 1024)  # more than the 8 MiB file system holds
+    with pytest.raises(TrainingError, match="no space left on device; the previous file is"):
+        atomic_write(target, lambda fh: fh.write(too_big))
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmpfs.iterdir()) == ["ckpt.pt"]  # no temporary left
+
+
 def test_disk_full_during_checkpoint_write_keeps_the_previous_one(tmpfs, tmp_path):
     """A real ENOSPC (8 MiB tmpfs) at the epoch-2 checkpoint: a one-line error, the epoch-1
     checkpoint intact and loadable, no temporary file, no epoch-2 log line; with space freed

@@ -3,12 +3,14 @@ bit-identical parameters, per-sample tables and epoch logs to the uninterrupted 
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
 import torch
 
 from debiascl.train import checkpoint as ckpt
+from debiascl.train.trainer import RunInterrupted
 from reliability_helpers import (
     assert_identical,
     make_trainer,
@@ -88,8 +90,8 @@ def test_resume_twice_from_step_checkpoints(tmp_path, reference):
 
     def step(batch, ctx):
         calls["n"] += 1
-        if calls["n"] == 9:  # during global step 13
-            trainer._stop_signal = signal.SIGTERM
+        if calls["n"] == 9:  # during global step 13: a real signal to this process
+            os.kill(os.getpid(), signal.SIGTERM)
         return original(batch, ctx)
 
     trainer.train_step = step
@@ -112,15 +114,50 @@ def test_resume_of_finished_run_changes_nothing(tmp_path, reference):
 
 
 def test_checkpoint_holds_every_rng_and_position(tmp_path):
-    run_until_signal(tmp_path, 3)
+    """The saved RNG states are the ones the process had at the stop (nothing draws between the
+    save and the stop), the loader generator is the epoch's starting one, and the running sums
+    are the sums of the logged steps."""
+    import random
+
+    import numpy as np
+
+    trainer = make_trainer(tmp_path)
+    original = trainer.train_step
+    losses: list[float] = []
+
+    def step(batch, ctx):
+        out = original(batch, ctx)
+        losses.append(out["loss"])
+        if len(losses) == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+
+    trainer.train_step = step
+    with pytest.raises(RunInterrupted):
+        trainer.fit(evaluate=False)
     path = ckpt.list_checkpoints(tmp_path / "checkpoints")[-1]
     state = torch.load(path, weights_only=True)  # loads without executing code
     assert (state["epoch"], state["step"], state["batch"]) == (0, 3, 3)
-    assert set(state["rng"]) >= {"torch", "cuda", "numpy", "python", "loader"}
     assert state["format"] == ckpt.FORMAT_VERSION
-    for key in ("model", "objective", "optimizer", "scheduler", "scaler", "progress"):
-        assert key in state
+    rng = state["rng"]
+    assert torch.equal(rng["torch"], torch.get_rng_state())
+    assert np.array_equal(rng["numpy"]["key"].numpy(), np.random.get_state()[1].astype(np.int64))
+    assert rng["numpy"]["pos"] == np.random.get_state()[2]
+    assert tuple(rng["python"][1]) == random.getstate()[1]
+    if torch.cuda.is_available():
+        assert all(map(torch.equal, rng["cuda"], torch.cuda.get_rng_state_all()))
+    else:
+        assert rng["cuda"] is None
+    first_epoch = torch.Generator()
+    first_epoch.manual_seed(trainer.cfg.seed)
+    assert torch.equal(rng["loader"], first_epoch.get_state())
     assert state["progress"]["count"] == 3
+    assert state["progress"]["totals"]["loss"] == pytest.approx(sum(losses), rel=1e-12)
+    # the weights are those of step 3, not of the start
+    saved = state["model"]
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
+    init = make_trainer(tmp_path / "fresh").model.state_dict()
+    assert any(not torch.equal(saved[k], init[k]) for k in init if init[k].is_floating_point())
 
 
 class _Killed(BaseException):
