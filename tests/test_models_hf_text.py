@@ -130,6 +130,15 @@ def test_fully_trainable_tower_changes_every_layer(bert_dir) -> None:
     assert enc._cache == {}  # a trained tower is not cached
 
 
+def test_unused_pooler_does_not_train(bert_dir) -> None:
+    enc = HFTextEncoder(bert_dir, pooling="mean", trainable=True)
+    trainable = {n for n, p in enc.model.named_parameters() if p.requires_grad}
+    assert "encoder.layer.0.attention.self.query.weight" in trainable
+    assert not any(n.startswith("pooler.") for n in trainable)  # no gradient would reach it
+    enc(TEXTS).sum().backward()
+    assert all(enc.model.get_parameter(n).grad is not None for n in trainable)
+
+
 def test_last_k_layers_train_only_those(bert_dir) -> None:
     enc = HFTextEncoder(bert_dir, pooling="cls", trainable=True, train_layers=1)
     deltas = _step(enc)

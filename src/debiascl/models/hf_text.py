@@ -170,6 +170,9 @@ class HFTextEncoder(nn.Module):
                 layer.requires_grad_(True)
             if pooling == "pooler":
                 self.model.pooler.requires_grad_(True)
+        if pooling != "pooler" and getattr(self.model, "pooler", None) is not None:
+            # unused by cls/mean pooling: a trainable parameter without gradient stalls DDP
+            self.model.pooler.requires_grad_(False)
         self.trainable = any(p.requires_grad for p in self.model.parameters())
         self._cache: dict[str, torch.Tensor] = {}
 
