@@ -196,3 +196,24 @@ def test_explore_without_pairs_is_one_line_error(tmp_path: Path, capsys) -> None
     assert main(["explore", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "removed_pairs.csv" in err
+
+
+def test_real_resume_keeps_the_first_process_pairs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["digits_simclr", "negatives.name=fnc", "negatives.alpha=0.05",
+            "train.removed_pairs_sample=60", "--run-dir", str(run), "--no-eval"]  # fmt: skip
+    assert main(["train", *args, "train.epochs=1"]) == 0
+    first = {
+        (p["anchor_id"], p["candidate_id"], p["key"]) for p in read_removed_pairs(run / FILE_NAME)
+    }
+    assert main(["train", *args, "train.epochs=2", "--resume", "latest"]) == 0
+    final = read_removed_pairs(run / FILE_NAME)
+    assert len(final) == 60 and {p["epoch"] for p in final} == {1, 2}
+    # epoch-1 rows can only come from the first process's file (the resumed one began at 2)
+    kept = {(p["anchor_id"], p["candidate_id"], p["key"]) for p in final if p["epoch"] == 1}
+    assert kept and kept <= first
+    # and they are exactly the first file's rows whose keys beat the final cut-off
+    cut = max(p["key"] for p in final)
+    assert kept == {r for r in first if r[2] <= cut}
+    # the resumed process drew fresh keys, not a replay of the first process's key stream
+    assert not {p["key"] for p in final if p["epoch"] == 2} & {r[2] for r in first}

@@ -68,7 +68,10 @@ class RemovedPairSample:
     def _generator(self, device: torch.device) -> torch.Generator:
         if self._gen is None or self._gen.device != device:
             self._gen = torch.Generator(device=device)
-            self._gen.manual_seed(self.seed * 1_000_003 + dist_utils.rank())
+            # a resumed process starts a new key stream (its first epoch is part of the seed):
+            # reusing the first process's keys would correlate the two parts of the sample
+            first = self.first_epoch or 0
+            self._gen.manual_seed((self.seed * 1_000_003 + dist_utils.rank()) * 10_007 + first)
         return self._gen
 
     @torch.no_grad()
@@ -77,6 +80,8 @@ class RemovedPairSample:
 
         ``epoch`` is the 0-based training epoch (stored 1-based).
         """
+        if self.first_epoch is None:  # even when nothing is removed: marks where this run began
+            self.first_epoch = epoch + 1
         removed = batch.neg_mask & ~keep
         device = removed.device
         gen = self._generator(device)
@@ -122,8 +127,6 @@ class RemovedPairSample:
             ],
             dim=1,
         )
-        if self.first_epoch is None:
-            self.first_epoch = epoch + 1
         self._buf = _bottom_k(
             new if self._buf is None else torch.cat([self._buf, new]), self.capacity
         )
