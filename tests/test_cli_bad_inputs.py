@@ -254,7 +254,7 @@ def test_latest_skips_an_unreadable_newest_checkpoint(capsys, caplog, run_dir):
     ("overrides", "needle"),
     [
         (["model.width=8"], "differs in: model"),
-        (["data.train_size=96"], "differs in: data, num_samples"),
+        (["data.train_size=96"], "differs in: data.train_size, num_samples"),
         (["loss.name=sogclr"], "differs in: loss"),
         (["optim.name=sgd"], "differs in: optim"),
         (["optim.lr=0.1"], "differs in: optim"),
