@@ -22,6 +22,10 @@ def test_quick_demo_prints_references_and_methods(tmp_path: Path, capsys) -> Non
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["methods"]["GloFND"]["fn_detection"]["removed_fraction"] > 0
     assert (tmp_path / "results.md").read_text().startswith(table)
+    # the HTML report of both runs, its path printed
+    assert f"report: {tmp_path / 'report.html'}" in out
+    page = (tmp_path / "report.html").read_text()
+    assert 'data-plot="removed_fraction"' in page and 'data-plot="lambda_image"' in page
     # a second run into the same folder replaces the first instead of refusing
     run_demo(tmp_path, quick=True, methods=["none"])
 

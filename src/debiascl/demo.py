@@ -2,7 +2,8 @@
 
 Prints a table of linear-probe (100% / 10% / 1% labels) and kNN accuracy, next to two references
 computed in the same run (the same encoder at random initialisation, and logistic regression on
-raw pixels), plus false-negative detection quality. Writes ``results.json`` and ``results.md``.
+raw pixels), plus false-negative detection quality. Writes ``results.json``, ``results.md`` and
+``report.html`` (the HTML report with plots; its path is printed).
 """
 
 from __future__ import annotations
@@ -122,4 +123,16 @@ def run_demo(output_dir: Path, quick: bool = False, methods: list[str] | None = 
         output_dir / "results.json",
         json.dumps({"references": references, "methods": dict(rows)}, indent=2, default=str),
     )
+    _html_report([output_dir / detector for _, detector, _ in chosen], output_dir / "report.html")
     return table
+
+
+def _html_report(run_dirs: list[Path], out: Path) -> None:
+    """Write the HTML report of the demo runs and print its path (a note without matplotlib)."""
+    from debiascl.errors import DebiasclError
+    from debiascl.report.html import write_report
+
+    try:
+        print(f"report: {write_report(run_dirs, out)}")
+    except DebiasclError as err:  # the report extra is not installed
+        print(f"no HTML report: {err}")
