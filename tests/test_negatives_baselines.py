@@ -60,7 +60,9 @@ def test_oracle_drops_same_label_negatives_and_needs_labels():
         )
 
 
-@pytest.mark.parametrize("shape", [(3, 8), (5, 512), (4, 1016), (2, 13), (3, 4096)])
+@pytest.mark.parametrize(
+    "shape", [(3, 8), (5, 512), (4, 1016), (2, 13), (3, 2040), (3, 2048), (3, 4096), (2, 6136)]
+)
 def test_count_true_matches_sum(shape):
     from debiascl.negatives.thresholds import count_true
 

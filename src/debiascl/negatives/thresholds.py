@@ -118,10 +118,20 @@ def count_true(mask: torch.Tensor) -> torch.Tensor:
     """
     m = mask.shape[1]
     aligned = mask.is_contiguous() and mask.storage_offset() % 8 == 0 and m % 8 == 0
-    if not aligned or m >= 2048 or mask.device.type != "cpu":
+    if not aligned or mask.device.type != "cpu" or m == 0:
         return mask.sum(1, dtype=torch.int64)
-    lanes = mask.view(torch.int64).sum(1)
-    return lanes.view(torch.uint8).view(-1, 8).sum(1, dtype=torch.int64)
+    words = mask.view(torch.int64)  # (R, m / 8)
+    # Wide rows: sum blocks of 255 words, so that no byte lane exceeds 255 before the lanes
+    # are split (rows of >= 2048 columns would otherwise carry between lanes).
+    w = words.shape[1]
+    full = (w // 255) * 255
+    parts = []
+    if full:
+        parts.append(words[:, :full].reshape(-1, full // 255, 255).sum(2))
+    if full < w:
+        parts.append(words[:, full:].sum(1, keepdim=True))
+    lanes = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    return lanes.view(torch.uint8).view(lanes.shape[0], -1).sum(1, dtype=torch.int64)
 
 
 def threshold_gradient(
