@@ -55,7 +55,11 @@ def eta_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Section:
             img(
                 "clamped_fraction",
                 plots.line_plot(
-                    clamp, r"Anchors at the $N e^{-1/t}$ floor", "epoch", "clamped fraction"
+                    clamp,
+                    r"Anchors at the $N e^{-1/t}$ floor",
+                    "epoch",
+                    "clamped fraction",
+                    from_zero=True,
                 ),
                 "clamp",
             )
@@ -108,7 +112,13 @@ def fairness_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Secti
                 cis = [ci.get(k) or [math.nan, math.nan] for k in ("auc", "worst_group_auc")]
                 lo = [*(m - s for m, s, _ in g_stats), *(_finite(c[0]) for c in cis)]
                 hi = [*(m + s for m, s, _ in g_stats), *(_finite(c[1]) for c in cis)]
-                png = plots.interval_plot(cats, vals, lo, hi, f"{label}: AUC by {attr}", "AUC")
+                kinds = [
+                    (f"groups: mean ± std over {len(group.runs)} seed(s)", len(per_group)),
+                    ("95% bootstrap CI (first seed)", 2),
+                ]
+                png = plots.interval_plot(
+                    cats, vals, lo, hi, f"{label}: AUC by {attr}", "AUC", kinds=kinds
+                )
                 parts.append(img(f"group_auc_{attr}", png, f"AUC by {attr}"))
             for metric in FAIRNESS_METRICS:
                 stats = seed_stats(

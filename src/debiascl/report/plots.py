@@ -65,9 +65,14 @@ def _png(fig: Any) -> str:
 
 
 def line_plot(
-    series: Sequence[Series], title: str, xlabel: str, ylabel: str, logy: bool = False
+    series: Sequence[Series],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+    from_zero: bool = False,
 ) -> str:
-    """One line per ``(label, x, y)``."""
+    """One line per ``(label, x, y)``; ``from_zero`` starts the y axis at 0 (fractions)."""
     fig, ax = _figure()
     for label, xs, ys, *colour in series:
         ax.plot(xs, ys, marker=_marker(xs), markersize=3, label=label, color=_c(colour))
@@ -75,6 +80,8 @@ def line_plot(
     _epoch_axis(ax, xlabel)
     if logy:
         ax.set_yscale("log")
+    elif from_zero:
+        ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if len(series) > 1 or series[0][0]:
         ax.legend(fontsize=7)
@@ -179,14 +186,28 @@ def interval_plot(
     highs: Sequence[float],
     title: str,
     ylabel: str,
+    kinds: Sequence[tuple[str, int]] | None = None,
 ) -> str:
-    """Points with [low, high] interval bars (NaN interval: point only), one per category."""
+    """Points with [low, high] interval bars (NaN interval: point only), one per category.
+
+    ``kinds``: consecutive runs of categories drawn in their own colour with a legend entry,
+    as ``(legend text, how many categories)``; None draws them all alike.
+    """
     fig, ax = _figure(max(5.0, 1.1 * len(categories) + 2), 3.4)
     v = np.asarray(values, dtype=float)
     lo, hi = np.asarray(lows, dtype=float), np.asarray(highs, dtype=float)
     err = np.nan_to_num(np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]))
     x = np.arange(len(categories))
-    ax.errorbar(x, v, yerr=err, fmt="o", capsize=4, markersize=6)
+    start = 0
+    for i, (text, count) in enumerate(kinds or [("", len(categories))]):
+        sel = slice(start, start + count)
+        ax.errorbar(
+            x[sel], v[sel], yerr=err[:, sel], fmt="o", capsize=4, markersize=6,
+            color=f"C{i}", label=text or None,
+        )  # fmt: skip
+        start += count
+    if kinds:
+        ax.legend(fontsize=7)
     ax.set_xticks(x, categories, fontsize=8)
     ax.set_xlim(-0.6, len(categories) - 0.4)
     ax.set(title=title, ylabel=ylabel)

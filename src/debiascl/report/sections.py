@@ -192,7 +192,9 @@ def detection_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Sect
     parts = [
         img(
             "removed_fraction",
-            plots.line_plot(removed, "Removed fraction of negatives", "epoch", "fraction"),
+            plots.line_plot(
+                removed, "Removed fraction of negatives", "epoch", "fraction", from_zero=True
+            ),
             "removed",
         )
     ]
