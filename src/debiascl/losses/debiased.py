@@ -112,13 +112,15 @@ def debiased_info_nce(
 
     dtype = torch.promote_types(logits.dtype, torch.float32)
     with torch.autocast(device_type=logits.device.type, enabled=False):
+        from debiascl.negatives.thresholds import count_true  # (import cycle at module level)
+
         pos = pos_logits.to(dtype)
-        count = neg_mask.sum(dim=1)
+        count = count_true(neg_mask)  # bool row counts without widening to int64 (much faster)
         empty = count == 0
         # Rows without negatives get a harmless full mask so no -inf - -inf appears; their loss is
         # replaced by 0 at the end (torch.where then sends them no gradient).
         mask = neg_mask | empty[:, None]
-        n_f = mask.sum(dim=1).to(dtype)
+        n_f = torch.where(empty, neg_mask.shape[1], count).to(dtype)
         log_n = torch.log(n_f)
         neg = logits.to(dtype).masked_fill(~mask, float("-inf"))
 

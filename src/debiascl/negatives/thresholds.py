@@ -61,7 +61,7 @@ def batch_quantile(sim: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch
 
     Warns (``UserWarning``) when alpha * n < 1 for some row with n >= 1 negatives.
     """
-    n = mask.sum(1)
+    n = count_true(mask)
     _warn_unresolved(n, alpha)
     d = alpha * (n.double() - 1.0).clamp_min(0.0)  # 0-based position from the top
     upper = torch.ceil(d - 1e-9).long()  # index (from the top) of the lower order statistic
