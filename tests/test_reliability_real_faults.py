@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,38 @@ def test_second_run_into_a_busy_run_dir_is_refused_and_a_killed_lock_is_not_stal
     assert third.returncode == 0, err
     epochs = [m["epoch"] for m in metrics(tmp_path)]
     assert epochs == list(range(1, logged + 3))  # one writer: each epoch once, in order
+
+
+def _vm_size_after_imports() -> int:
+    """Virtual memory (bytes) of a Python process that imported torch and the CLI."""
+    code = (
+        "import torch, debiascl.cli, debiascl.train.trainer;"
+        "print(open('/proc/self/status').read().split('VmSize:')[1].split()[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) * 1024
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc (Linux)")
+def test_real_out_of_memory_names_the_step(tmp_path):
+    """A real allocation failure: the process's address space is capped (RLIMIT_AS) at what
+    start-up needs plus 1.5 GiB. A tiny run fits (control); a width-512 encoder on a batch of
+    1024 does not: exit 3 with one line naming the step, no traceback."""
+    import resource
+
+    limit = _vm_size_after_imports() + 1536 * 1024**2
+
+    def capped() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    small = cli_train(tmp_path / "small", [*SHORT, "train.epochs=1"], preexec_fn=capped)
+    _, err = small.communicate(timeout=180)
+    assert small.returncode == 0, err
+    big = ["data.train_size=1024", "train.batch_size=1024", "model.width=512", "train.epochs=1"]
+    proc = cli_train(tmp_path / "big", big, preexec_fn=capped)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 3, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "out of memory at epoch 1 step 1 with 1024 samples per process" in err
+    assert "lower train.batch_size" in err
