@@ -63,7 +63,7 @@ class SampleLookup:
     """Image, text and class of a training sample by its id, from the run's rebuilt data."""
 
     def __init__(self, run_dir: Path) -> None:
-        from debiascl.compose import build_data
+        from debiascl.data.build import build_data
         from debiascl.config import load_config
 
         cfg = load_config(str(run_dir / "config.yaml"), ["checkpoint.resume=null"])
