@@ -12,7 +12,7 @@ def fp(*overrides: str) -> str:
 
 def test_spelling_out_a_default_does_not_change_the_fingerprint() -> None:
     # what makes checkpoints survive new config fields (added with their defaults)
-    assert fp() == fp("negatives.alpha=0.05") == fp("fairness.weight=1.0")
+    assert fp() == fp("negatives.alpha=0.05") == fp("fairness.balance=none")
 
 
 def test_training_settings_change_it_and_evaluation_settings_do_not() -> None:
@@ -23,14 +23,15 @@ def test_training_settings_change_it_and_evaluation_settings_do_not() -> None:
         "optim.lr=0.1",
         "negatives.name=glofnd",
         "train.batch_size=32",
-        "fairness.weight=2",
+        "fairness.terms=[{name: fisher_gap, weight: 10}]",
+        "fairness.view=clean",
     ):
         assert fp(changed) != base, changed
     for free in (
         "train.epochs=9",
         "eval.knn_k=5",
         "data.test_size=100",
-        "fairness.bootstrap=0",
+        "eval.fairness_audit.bootstrap=0",
         "negatives.reset_on_resume=true",
         "data.num_workers=2",
     ):

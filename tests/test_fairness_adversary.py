@@ -8,16 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from debiascl.config.schema import FairnessConfig
+from debiascl.config.schema import RunConfig
 from debiascl.errors import ConfigError, DataError
 from debiascl.fairness.adversary import (
     AdversarialFairness,
     AttributeSpec,
     adversarial_weight,
-    build_adversary,
     confusion_loss,
     grad_reverse,
 )
+from debiascl.fairness_build import build_fairness_terms
+
+
+def _stack(fairness: dict, data: dict, embed_dim: int, model=None, bundle=None):
+    """The run's FairnessTerms for a config given as dicts (the composition layer's path)."""
+    cfg = RunConfig.model_validate(
+        {"data": data, "model": {"embed_dim": embed_dim}, "fairness": fairness}
+    )
+    return build_fairness_terms(cfg, model or torch.nn.Identity(), "cpu", bundle)
+
 
 SPECS = [AttributeSpec("sex", 2), AttributeSpec("race", 3)]
 
@@ -200,51 +209,47 @@ def test_bad_inputs():
 
 
 def test_build_from_config():
-    cfg = FairnessConfig(enabled=True, attributes=["sex"], method="alternating", lr=0.01)
-    adv = build_adversary(cfg, 16, {"sex": 2, "race": 3})
+    data = {"attribute_columns": ["sex", "race"]}
+    terms = [{"name": "adversary", "method": "alternating", "lr": 0.01}]
+    adv = _stack({"terms": terms, "attributes": ["sex"]}, data, 16).terms["adversary"].core
     assert adv.method == "alternating" and adv.optimizer.param_groups[0]["lr"] == 0.01
-    assert build_adversary(FairnessConfig(), 16, {}) is None
+    assert _stack({}, data, 16) is None
     with pytest.raises(ConfigError, match="not attribute columns"):
-        build_adversary(FairnessConfig(enabled=True, attributes=["age"]), 16, {"sex": 2})
+        _stack({"terms": terms, "attributes": ["age"]}, data, 16)
 
 
 def test_trainer_adapter_maps_batches_and_orders_steps():
-    from debiascl.config.schema import RunConfig
-    from debiascl.fairness.integration import build_adversary as build_for_trainer
-    from debiascl.objectives.context import StepContext
+    from debiascl.objectives import StepContext
 
-    cfg = RunConfig.model_validate(
+    adv = _stack(
         {
-            "data": {"mode": "image_image", "attribute_columns": ["site", "sex"]},
-            "model": {"embed_dim": 8},
-            "fairness": {
-                "enabled": True,
-                "attributes": ["sex"],
-                "method": "alternating",
-                "disc_steps": 3,
-                "lr": 0.01,
-            },
-        }
+            "terms": [{"name": "adversary", "method": "alternating", "disc_steps": 3, "lr": 0.01}],
+            "attributes": ["sex"],
+        },
+        {"mode": "image_image", "attribute_columns": ["site", "sex"]},
+        8,
     )
-    adv = build_for_trainer(cfg, torch.nn.Identity(), "cpu")
+    term_ = adv.terms["adversary"]
     a = torch.randn(6, 8, requires_grad=True)
     b = torch.randn(6, 8, requires_grad=True)
     attrs = torch.tensor([[0, 1], [1, 0], [0, -1], [1, 1], [0, 0], [1, 1]])
-    before = [p.detach().clone() for p in adv.discriminator.parameters()]
-    term, logs = adv.training_term(a, b, {"attrs": attrs}, StepContext(epoch=0))
+    before = [p.detach().clone() for p in term_.discriminator.parameters()]
+    losses, logs = adv(a, b, {"attrs": attrs}, StepContext(epoch=0))
+    assert list(losses) == ["adversary"]
+    term = losses["adversary"]
     # 3 discriminator steps already happened; the term reaches both views only, not D
-    assert adv.core.optimizer.state[next(adv.discriminator.parameters())]["step"] == 3
-    after = list(adv.discriminator.parameters())
+    assert term_.core.optimizer.state[next(term_.discriminator.parameters())]["step"] == 3
+    after = list(term_.discriminator.parameters())
     assert any(not torch.equal(x, y) for x, y in zip(before, after, strict=True))
     term.backward()
-    assert all(p.grad is None for p in adv.discriminator.parameters())
+    assert all(p.grad is None for p in term_.discriminator.parameters())
     assert a.grad[2].abs().sum() == 0 and a.grad[0].abs().sum() > 0  # row 2: sex missing
     assert b.grad[0].abs().sum() > 0
     assert logs["adv/sex/labelled"] == 10  # 5 labelled rows x 2 views
     epoch = adv.epoch_logs()
     assert epoch["adv/sex/labelled_epoch"] == 10 and adv.epoch_logs() == {}
     with pytest.raises(DataError, match="attributes in the batch"):
-        adv.training_term(a, b, {}, StepContext())
+        adv(a, b, {}, StepContext())
     state = adv.state_dict()
     assert any(k.endswith("_extra_state") for k in state)
 
@@ -252,36 +257,31 @@ def test_trainer_adapter_maps_batches_and_orders_steps():
 def test_feature_hook_feeds_backbone_features_to_the_adversary():
     """fairness.on=feature: D sees model.encoder's output; gradient reaches the backbone only
     through that feature (the head is not in the adversarial path); eval passes are ignored."""
-    from debiascl.config.schema import RunConfig
     from debiascl.errors import TrainingError
-    from debiascl.fairness.integration import build_adversary as build_for_trainer
     from debiascl.models.clip import SimCLRModel
-    from debiascl.objectives.context import StepContext
+    from debiascl.objectives import StepContext
 
     torch.manual_seed(0)
     backbone = torch.nn.Linear(5, 4)
     backbone.feature_dim = 4
     model = SimCLRModel(backbone, torch.nn.Linear(4, 3))
-    cfg = RunConfig.model_validate(
-        {
-            "data": {"mode": "image_image", "attribute_columns": ["sex"]},
-            "model": {"embed_dim": 3},
-            "fairness": {"enabled": True, "attributes": ["sex"], "on": "feature",
-                         "method": "alternating", "disc_layers": 0},
-        }
+    adv = _stack(
+        {"terms": [{"name": "adversary", "method": "alternating", "layers": 0}],
+         "attributes": ["sex"], "on": "feature"},
+        {"mode": "image_image", "attribute_columns": ["sex"]}, 3, model,
     )  # fmt: skip
-    adv = build_for_trainer(cfg, model, "cpu")
-    assert adv.discriminator.heads["sex"].in_features == 4  # backbone width, not embed_dim
+    disc = adv.terms["adversary"].discriminator
+    assert disc.heads["sex"].in_features == 4  # backbone width, not embed_dim
     x1, x2 = torch.randn(6, 5), torch.randn(6, 5)
     with torch.no_grad():
         model(torch.randn(6, 5))  # evaluation pass: must not be picked up
     with pytest.raises(TrainingError, match="no backbone feature"):
-        adv.training_term(torch.zeros(6, 3), torch.zeros(6, 3), {"attrs": torch.zeros(6, 1)},
-                          StepContext())  # fmt: skip
+        adv(torch.zeros(6, 3), torch.zeros(6, 3), {"attrs": torch.zeros(6, 1)}, StepContext())
     z = model(torch.cat([x1, x2]))
     a, b = z.chunk(2)
     attrs = torch.tensor([[0], [1], [0], [1], [-1], [1]])
-    term, logs = adv.training_term(a, b, {"attrs": attrs}, StepContext(epoch=0))
+    losses, logs = adv(a, b, {"attrs": attrs}, StepContext(epoch=0))
+    term = losses["adversary"]
     assert logs["adv/sex/labelled"] == 10  # both views, row 4 missing
     term.backward()
     assert model.head.weight.grad is None  # the head is not on the adversary's path
@@ -291,7 +291,7 @@ def test_feature_hook_feeds_backbone_features_to_the_adversary():
         feats = backbone(torch.cat([x1, x2]))
     assert adv._feature is None  # used once, then dropped
     t = torch.cat([attrs, attrs])[:, 0]
-    logp = F.log_softmax(adv.discriminator(feats)["sex"][t >= 0], -1)
+    logp = F.log_softmax(disc(feats)["sex"][t >= 0], -1)
     assert torch.allclose(term, (-logp.mean(-1) - math.log(2)).mean(), atol=1e-6)
     adv.remove_hook()
     model(torch.cat([x1, x2]))
@@ -318,9 +318,9 @@ def test_standardised_discriminator_ignores_rescaling_and_linear_option():
     assert len(lin.discriminator.trunk) == 0
     w, b_ = lin.discriminator.heads["race"].weight, lin.discriminator.heads["race"].bias
     assert torch.allclose(lin.discriminator(z)["race"], z @ w.T + b_)
-    cfg = FairnessConfig(enabled=True, attributes=["sex"], disc_standardize=True, disc_layers=0)
-    built = build_adversary(cfg, 8, {"sex": 2})
-    assert isinstance(built.discriminator.trunk[0], torch.nn.BatchNorm1d)
+    terms = [{"name": "adversary", "standardize": True, "layers": 0}]
+    built = _stack({"terms": terms, "attributes": ["sex"]}, {"attribute_columns": ["sex"]}, 8)
+    assert isinstance(built.terms["adversary"].discriminator.trunk[0], torch.nn.BatchNorm1d)
 
 
 def test_label_balance_table_makes_attribute_independent_of_class():
@@ -328,7 +328,7 @@ def test_label_balance_table_makes_attribute_independent_of_class():
     import numpy as np
     import pandas as pd
 
-    from debiascl.fairness.adversary import label_balance_table
+    from debiascl.fairness.penalties import label_balance_table
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 400).copy()
@@ -375,17 +375,8 @@ def test_trainer_adapter_balances_by_class_label():
     """fairness.balance=label: the adapter looks up P(a)/P(a|y) of each row from the data."""
     from types import SimpleNamespace
 
-    from debiascl.config.schema import RunConfig
-    from debiascl.fairness.integration import build_adversary as build_for_trainer
-    from debiascl.objectives.context import StepContext
+    from debiascl.objectives import StepContext
 
-    cfg = RunConfig.model_validate(
-        {
-            "data": {"mode": "image_text", "attribute_columns": ["sex"]},
-            "model": {"embed_dim": 4},
-            "fairness": {"enabled": True, "attributes": ["sex"], "balance": "label"},
-        }
-    )
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     sex = torch.tensor([1, 1, 1, 0, 0, 0, 0, 1])  # P(sex=1|y=0) = 3/4, P(sex=1|y=1) = 1/4
     data = SimpleNamespace(
@@ -393,23 +384,26 @@ def test_trainer_adapter_balances_by_class_label():
         attr_names=["sex"],
         attr_vocab={"sex": {"F": 0, "M": 1}},
     )
-    adv = build_for_trainer(cfg, torch.nn.Identity(), "cpu", data)
+    adv = _stack(
+        {"terms": [{"name": "adversary"}], "attributes": ["sex"], "balance": "label"},
+        {"mode": "image_text", "attribute_columns": ["sex"]}, 4, bundle=data,
+    )  # fmt: skip
     batch = {"attrs": torch.tensor([[1], [0], [1], [-1]]), "label": torch.tensor([0, 0, 1, 1])}
-    w = adv._sample_weights(batch, batch["attrs"], 4)
+    w = adv.sample_weights(batch["label"], batch["attrs"])
     # P(sex=1) = 1/2: weights 0.5/0.75, 0.5/0.25, 0.5/0.25, and 1 for the missing attribute
     assert torch.allclose(w[:, 0], torch.tensor([2 / 3, 2.0, 2.0, 1.0]))
     z = torch.randn(4, 4, requires_grad=True)
-    _term, logs = adv.training_term(z, z, batch, StepContext(epoch=0))
+    _terms, logs = adv(z, z, batch, StepContext(epoch=0))
     assert "adv/sex/disc_weighted_acc" in logs
     with pytest.raises(DataError, match="class labels"):
-        adv.training_term(z, z, {"attrs": batch["attrs"]}, StepContext(epoch=0))
+        adv(z, z, {"attrs": batch["attrs"]}, StepContext(epoch=0))
 
 
 def test_group_mean_gap_against_plain_reference():
     """Standardised and whitened (Fisher) group-mean gaps vs numpy; 0 when the means agree."""
     import numpy as np
 
-    from debiascl.fairness.adversary import group_mean_gap
+    from debiascl.fairness.penalties import group_mean_gap
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(40, 3, generator=g, dtype=torch.float64)

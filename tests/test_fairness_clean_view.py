@@ -1,4 +1,4 @@
-"""``fairness.adversary_view=clean`` and ``fairness.refit_every_epochs`` through the real trainer.
+"""``fairness.view=clean`` and ``fairness.refit_every_epochs`` through the real trainer.
 
 With light augmentation (random crops) the contrastive views differ from the clean image; the
 adversary must see the model's embedding of the *evaluation transform* of the batch (computed
@@ -36,7 +36,7 @@ def _trainer(tmp_path: Path, *extra: str) -> Trainer:
             "train.epochs=2",
             "train.batch_size=64",
             "train.threads=1",
-            "fairness.hidden_dim=16",
+            "fairness.terms=[{name: adversary, hidden_dim: 16}]",
             f"output_dir={tmp_path}",
             "name=cv",
             *extra,
@@ -56,11 +56,11 @@ def _ctx() -> StepContext:
 
 
 def test_adversary_sees_clean_embedding(tmp_path: Path) -> None:
-    tr = _trainer(tmp_path, "fairness.adversary_view=clean")
+    tr = _trainer(tmp_path, "fairness.view=clean")
     batch = next(iter(tr.train_loader))
     seen: dict[str, torch.Tensor] = {}
-    core_term = tr.adversary.core.encoder_term
-    adapter_term = tr.adversary.training_term
+    core_term = tr.fairness.terms["adversary"].core.encoder_term
+    adapter_term = tr.fairness.forward
 
     def spy_core(z, *args, **kwargs):
         seen["z"] = z.detach().clone()
@@ -70,8 +70,8 @@ def test_adversary_sees_clean_embedding(tmp_path: Path) -> None:
         seen["a"] = a.detach().clone()
         return adapter_term(a, b, batch, ctx, clean=clean)
 
-    tr.adversary.core.encoder_term = spy_core
-    tr.adversary.training_term = spy_adapter
+    tr.fairness.terms["adversary"].core.encoder_term = spy_core
+    tr.fairness.forward = spy_adapter
     ref_model = copy.deepcopy(tr.model).train()  # parameters before the step, BN batch stats
     with torch.no_grad():
         expected = F.normalize(_clean_by_hand(ref_model, batch["image"]), dim=-1)
@@ -85,53 +85,52 @@ def test_adversary_sees_clean_embedding(tmp_path: Path) -> None:
 
 
 def test_adversarial_gradient_reaches_encoder_through_clean_view(tmp_path: Path) -> None:
-    tr = _trainer(tmp_path, "fairness.adversary_view=clean", "fairness.balance=none")
+    tr = _trainer(tmp_path, "fairness.view=clean", "fairness.balance=none")
     tr.model.train()
     batch = next(iter(tr.train_loader))
     a, b = tr._embed(batch)
     clean = tr._embed_clean(batch)
     # only the clean embedding carries the graph: the whole encoder gradient comes from it
-    term, _ = tr.adversary.training_term(a.detach(), b.detach(), batch, _ctx(), clean=clean)
+    terms, _ = tr.fairness(a.detach(), b.detach(), batch, _ctx(), clean=clean)
+    term = terms["adversary"]
     enc = [p for p in tr.model.encoder.parameters()]
     grads = torch.autograd.grad(term, enc, allow_unused=True)
     assert all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
     # independent reference: weight * mean_i (-(1/K) sum_k log softmax(D(z_i))_k - log K)
-    disc = tr.adversary.core.discriminator
+    disc = tr.fairness.terms["adversary"].core.discriminator
     z = F.normalize(_clean_by_hand(tr.model, batch["image"]), dim=-1)
     logp = torch.log_softmax(disc(z)["synthetic_mark"].double(), dim=-1)
     keep = batch["attrs"][:, 0] >= 0
-    ref = tr.cfg.fairness.weight * (-logp[keep].mean(-1) - math.log(2)).mean()
+    ref = tr.cfg.fairness.terms[0].weight * (-logp[keep].mean(-1) - math.log(2)).mean()
     ref_grads = torch.autograd.grad(ref, enc)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r.float(), rtol=1e-3, atol=1e-6)
 
 
 def test_clean_view_is_required_and_checked(tmp_path: Path) -> None:
-    tr = _trainer(tmp_path, "fairness.adversary_view=clean")
+    tr = _trainer(tmp_path, "fairness.view=clean")
     batch = next(iter(tr.train_loader))
     a, b = tr._embed(batch)
-    with pytest.raises(TrainingError, match="adversary_view=clean"):
-        tr.adversary.training_term(a, b, batch, _ctx())
+    with pytest.raises(TrainingError, match="view=clean"):
+        tr.fairness(a, b, batch, _ctx())
     with pytest.raises(ConfigError, match="on=image or feature"):
-        _trainer(tmp_path, "fairness.adversary_view=clean", "fairness.on=text")
+        _trainer(tmp_path, "fairness.view=clean", "fairness.on=text")
 
 
 def test_default_view_is_augmented(tmp_path: Path) -> None:
     tr = _trainer(tmp_path)
-    assert tr.eval_transform is None and tr.adversary.view == "augmented"
+    assert tr.eval_transform is None and tr.fairness.view == "augmented"
 
 
 def test_refit_fits_a_fresh_discriminator_once_per_epoch(tmp_path: Path) -> None:
     tr = _trainer(
         tmp_path,
-        "fairness.adversary_view=clean",
-        "fairness.refit_every_epochs=1",
-        "fairness.refit_steps=100",
-        "fairness.disc_standardize=true",
-        "fairness.lr=0.01",
+        "fairness.view=clean",
+        "fairness.terms=[{name: adversary, hidden_dim: 16, refit_every_epochs: 1, "
+        "refit_steps: 100, standardize: true, lr: 0.01}]",
     )
-    adv = tr.adversary
+    adv = tr.fairness.terms["adversary"]
     disc = adv.core.discriminator
     tr.model.train()
     for batch in tr.train_loader:  # one epoch, so BN running statistics are meaningful
@@ -157,8 +156,13 @@ def test_refit_fits_a_fresh_discriminator_once_per_epoch(tmp_path: Path) -> None
 
 
 def test_refit_needs_in_memory_images(tmp_path: Path) -> None:
-    from debiascl.fairness.integration import TrainerAdversary
+    from debiascl.fairness.adversary import AttributeSpec
+    from debiascl.fairness.terms import FAIRNESS_TERMS, TermSetup, parse_term_settings
 
-    tr = _trainer(tmp_path)
+    settings = parse_term_settings({"name": "adversary", "refit_every_epochs": 1})
+    setup = TermSetup([AttributeSpec("mark", 2)], input_dim=4)  # no training_set
     with pytest.raises(ConfigError, match="in-memory"):
-        TrainerAdversary(tr.adversary.core, [0], "image", "image_text", refit_every_epochs=1)
+        FAIRNESS_TERMS.get("adversary")(settings, setup)
+    with pytest.raises(ConfigError, match="in-memory"):  # on=text has no image rows to refit
+        _trainer(tmp_path, "fairness.on=text",
+                 "fairness.terms=[{name: adversary, refit_every_epochs: 1}]")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Class-conditional group-mean gap (``fairness.mean_gap_conditional``) with running means.
+"""Class-conditional group-mean gap (term ``conditional_gap``) and the Fisher gap's running metric.
 
 References are written plainly in float64 loops; the key property is that per-class mark
 directions which cancel over the classes (so the label-balanced :func:`group_mean_gap` is ~0)
@@ -14,7 +14,7 @@ import torch
 
 from debiascl.config import load_config
 from debiascl.errors import ConfigError
-from debiascl.fairness.adversary import (
+from debiascl.fairness.penalties import (
     class_conditional_mean_gap,
     group_mean_gap,
     within_group_covariance,
@@ -122,10 +122,7 @@ def _trainer(tmp_path: Path, *extra: str) -> Trainer:
             "train.epochs=1",
             "train.batch_size=64",
             "train.threads=1",
-            "fairness.hidden_dim=16",
-            "fairness.weight=0",
-            "fairness.mean_gap_weight=1",
-            "fairness.mean_gap_conditional=true",
+            "fairness.terms=[{name: conditional_gap, weight: 1}]",
             f"output_dir={tmp_path}",
             *extra,
         ],
@@ -134,9 +131,9 @@ def _trainer(tmp_path: Path, *extra: str) -> Trainer:
 
 
 def test_running_state_is_decayed_sum(tmp_path: Path) -> None:
-    tr = _trainer(tmp_path, "fairness.mean_gap_momentum=0.5")
-    adv = tr.adversary
-    assert adv is not None
+    tr = _trainer(tmp_path, "fairness.terms=[{name: conditional_gap, weight: 1, momentum: 0.5}]")
+    adv = tr.fairness
+    term = adv.terms["conditional_gap"]
     g = torch.Generator().manual_seed(2)
     ctx = StepContext(epoch=0, step=0, training=True, progress=0.0)
     batches = []
@@ -147,7 +144,7 @@ def test_running_state_is_decayed_sum(tmp_path: Path) -> None:
             "label": torch.randint(0, 10, (16,), generator=g),
         }
         batches.append((z, batch))
-        adv.training_term(z, z, batch, ctx)
+        adv(z, z, batch, ctx)
     # expected: 0.25 * S1 + 0.5 * S2 + S3 of the (class, value) cells of the normalised z
     exp_s = torch.zeros(10, 2, 16)
     exp_n = torch.zeros(10, 2)
@@ -159,16 +156,23 @@ def test_running_state_is_decayed_sum(tmp_path: Path) -> None:
             cls, v = int(batch["label"][r]), int(batch["attrs"][r, 0])
             exp_s[cls, v] += zn[r]
             exp_n[cls, v] += 1
-    assert torch.allclose(adv.gap_counts[0, :, :2], exp_n)
-    assert torch.allclose(adv.gap_sums[0, :, :2], exp_s, atol=1e-5)
-    assert "gap_sums" in "".join(adv.state_dict().keys())  # checkpointed
+    assert torch.allclose(term.counts[0, :, :2], exp_n)
+    assert torch.allclose(term.sums[0, :, :2], exp_s, atol=1e-5)
+    assert "terms.conditional_gap.sums" in adv.state_dict()  # checkpointed
 
 
 def test_conditional_gap_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
-        _trainer(tmp_path, "fairness.mean_gap_whiten=true")
-    with pytest.raises((ConfigError, ValueError)):  # momentum must be in [0, 1)
-        _trainer(tmp_path, "fairness.mean_gap_momentum=1.0")
+    with pytest.raises(ConfigError, match="mean_gap_conditional.* moved: .*conditional_gap"):
+        _trainer(tmp_path, "fairness.enabled=true", "fairness.mean_gap_conditional=true",
+                 "fairness.mean_gap_weight=1")  # fmt: skip
+    with pytest.raises(ConfigError, match="momentum"):  # momentum must be in [0, 1)
+        _trainer(tmp_path, "fairness.terms=[{name: conditional_gap, momentum: 1.0}]")
+    from debiascl.fairness.adversary import AttributeSpec
+    from debiascl.fairness.terms import FAIRNESS_TERMS, TermSetup, parse_term_settings
+
+    settings = parse_term_settings({"name": "conditional_gap"})
+    with pytest.raises(ConfigError, match="class labels"):  # needs labelled training data
+        FAIRNESS_TERMS.get("conditional_gap")(settings, TermSetup([AttributeSpec("m", 2)], 4))
 
 
 def _within_reference(z, t, k, w) -> torch.Tensor:
@@ -211,13 +215,11 @@ def test_within_group_covariance_and_metric() -> None:
 def test_running_covariance_is_bias_corrected_ema(tmp_path: Path) -> None:
     tr = _trainer(
         tmp_path,
-        "fairness.mean_gap_conditional=false",
-        "fairness.mean_gap_whiten=true",
-        "fairness.mean_gap_momentum=0.5",
-        "fairness.mean_gap_shrinkage=0.01",
+        "fairness.terms=[{name: fisher_gap, momentum: 0.5, shrinkage: 0.01}]",
     )
-    adv = tr.adversary
-    assert adv is not None and adv.mean_gap_shrinkage == 0.01
+    adv = tr.fairness
+    term = adv.terms["fisher_gap"]
+    assert term.shrinkage == 0.01
     g = torch.Generator().manual_seed(4)
     ctx = StepContext(epoch=0, step=0, training=True, progress=0.0)
     covs = []
@@ -228,13 +230,13 @@ def test_running_covariance_is_bias_corrected_ema(tmp_path: Path) -> None:
             "label": torch.randint(0, 10, (32,), generator=g),
         }
         zn = torch.nn.functional.normalize(z, dim=-1) if adv.normalize else z
-        w = adv._sample_weights(batch, batch["attrs"], 32)
+        w = adv.sample_weights(batch["label"], batch["attrs"])
         covs.append(_within_reference(zn, batch["attrs"][:, 0], 2, w[:, 0]))
-        adv.training_term(z, z, batch, ctx)
+        adv(z, z, batch, ctx)
     expected = (0.5 * 0.5 * covs[0] + 0.5 * covs[1]) / (1 - 0.5**2)
-    assert adv.gap_cov_steps[0].item() == 2
-    assert torch.allclose(adv.gap_cov[0].double() / (1 - 0.5**2), expected, atol=1e-6)
+    assert term.cov_steps[0].item() == 2
+    assert torch.allclose(term.cov[0].double() / (1 - 0.5**2), expected, atol=1e-6)
     # evaluation passes read the state without updating it
-    before = adv.gap_cov.clone()
-    adv.training_term(z, z, batch, StepContext(epoch=0, step=0, training=False, progress=0.0))
-    assert torch.equal(adv.gap_cov, before)
+    before = term.cov.clone()
+    adv(z, z, batch, StepContext(epoch=0, step=0, training=False, progress=0.0))
+    assert torch.equal(term.cov, before)

@@ -34,10 +34,10 @@ def _overrides(run_dir: Path) -> list[str]:
         "train.epochs=1",
         "train.batch_size=64",
         "train.threads=1",
-        "fairness.few_shot_k=[1,2]",
-        "fairness.few_shot_seeds=2",
-        "fairness.bootstrap=10",
-        "fairness.hidden_dim=16",
+        "eval.fairness_audit.few_shot_k=[1,2]",
+        "eval.fairness_audit.few_shot_seeds=2",
+        "eval.fairness_audit.bootstrap=10",
+        "fairness.terms=[{name: adversary, hidden_dim: 16}]",
         f"output_dir={run_dir.parent}",
         f"name={run_dir.name}",
     ]
@@ -155,7 +155,7 @@ def test_unknown_audit_attribute_is_a_config_error(tmp_path: Path) -> None:
 
     cfg = load_config(
         "synth_attr_clip",
-        [*_overrides(tmp_path / "x"), "fairness.audit_attributes=[sex]", "train.max_steps=1"],
+        [*_overrides(tmp_path / "x"), "eval.fairness_audit.attributes=[sex]", "train.max_steps=1"],
     )
     trainer = Trainer(cfg, run_dir=tmp_path / "x")
     with pytest.raises(ConfigError, match="sex"):
@@ -180,16 +180,17 @@ def test_feature_adversary_with_balance_and_mean_gap_trains(tmp_path: Path) -> N
     extra = [
         "fairness.on=feature",
         "fairness.balance=label",
-        "fairness.mean_gap_weight=1",
-        "fairness.method=alternating",
+        "fairness.terms=[{name: adversary, hidden_dim: 16, method: alternating}, "
+        "{name: mean_gap, weight: 1}]",
     ]
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(["train", "--no-eval", "synth_attr_adfair", *_overrides(run_dir), *extra])
     assert code == 0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in rows if "adv/synthetic_mark/mean_gap_epoch" in r][-1]
-    for key in ("mean_gap", "disc_weighted_acc", "disc_ce"):
-        assert math.isfinite(last[f"adv/synthetic_mark/{key}_epoch"]), key
+    last = [r for r in rows if "mean_gap/synthetic_mark_epoch" in r][-1]
+    for key in ("mean_gap/synthetic_mark", "adv/synthetic_mark/disc_weighted_acc",
+                "adv/synthetic_mark/disc_ce", "loss/adversary", "loss/mean_gap"):  # fmt: skip
+        assert math.isfinite(last.get(f"{key}_epoch", last.get(key, math.nan))), key
     state = torch.load(next((run_dir / "checkpoints").glob("*.pt")), weights_only=False)
-    w = state["adversary"]["core.discriminator.trunk.0.weight"]
+    w = state["fairness"]["terms.adversary.core.discriminator.trunk.0.weight"]
     assert w.shape[1] == 8 * 8  # small_cnn width 8 -> backbone feature 64, not embed_dim 32

@@ -24,7 +24,7 @@ import torch
 from debiascl.cli import main
 from debiascl.config import load_config
 from debiascl.fairness.adversary import AdversarialFairness, AttributeSpec
-from debiascl.fairness.integration import _schedule_epoch
+from debiascl.fairness.terms import schedule_epoch as _schedule_epoch
 from debiascl.objectives import StepContext
 from debiascl.train.trainer import Trainer
 
@@ -58,7 +58,7 @@ def _overrides(run_dir: Path) -> list[str]:
         "model.proj_hidden_dim=32",
         "train.batch_size=64",
         "train.threads=1",
-        "fairness.hidden_dim=8",
+        "fairness.terms=[{name: adversary, hidden_dim: 8}]",
         f"output_dir={run_dir.parent}",
         f"name={run_dir.name}",
     ]
@@ -67,8 +67,8 @@ def _overrides(run_dir: Path) -> list[str]:
 def test_trainer_passes_the_fractional_epoch(tmp_path: Path) -> None:
     """4 steps per epoch, linear ramp over epoch 1: weights 0, 1/4, 2/4, 3/4, then 1."""
     run_dir = tmp_path / "ramp"
-    extra = ["train.epochs=2", "fairness.schedule=linear", "fairness.warmup_epochs=0",
-             "fairness.ramp_epochs=1"]  # fmt: skip
+    extra = ["train.epochs=2", "fairness.terms=[{name: adversary, hidden_dim: 8, "
+             "schedule: linear, warmup_epochs: 0, ramp_epochs: 1}]"]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(["train", "--no-eval", "synth_attr_adfair", *_overrides(run_dir), *extra])
     assert code == 0
@@ -84,7 +84,7 @@ def _one_reversal_step(tmp_path: Path, scale: float | None) -> tuple[list, list]
     trainer = Trainer(cfg, run_dir=tmp_path / f"amp{scale}")
     if scale is not None:  # fp16 AMP's loss scaling with a real factor, on the CPU
         trainer.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
-    core = trainer.adversary.core
+    core = trainer.fairness.terms["adversary"].core
     assert core.method == "reversal"
     seen: list[list[torch.Tensor]] = []
     core.optimizer.register_step_pre_hook(

@@ -46,4 +46,5 @@ def test_readme_own_data_config_is_valid() -> None:
     block = re.search(r"```yaml\n(.*?)```", README.read_text(), re.S).group(1)
     cfg = config_from_dict(yaml.safe_load(block))
     assert cfg.data.dataset == "manifest" and cfg.negatives.name == "glofnd"
-    assert cfg.fairness.enabled and cfg.fairness.attributes == ["sex", "race"]
+    assert [t.name for t in cfg.fairness.terms] == ["adversary"]
+    assert cfg.fairness.attributes == ["sex", "race"]

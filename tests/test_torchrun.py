@@ -54,7 +54,7 @@ def test_torchrun_adversarial_clean_view(tmp_path: Path) -> None:
     run = tmp_path / "adv"
     torchrun_train(
         "synth_attr_adfair", run, "data.train_size=1024", "train.epochs=1",
-        "model.text_encoder=bag_of_words", "data.augment=light", "fairness.adversary_view=clean",
+        "model.text_encoder=bag_of_words", "data.augment=light", "fairness.view=clean",
     )  # fmt: skip
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert any(key.startswith("adv/") for key in record), sorted(record)

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from debiascl.config.fairness_moves import reject_old_fairness_keys
 from debiascl.config.schema import MOVED_KEYS, RunConfig
 from debiascl.errors import ConfigError
 
@@ -75,6 +76,7 @@ def _reject_moved_keys(raw: dict[str, Any]) -> None:
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     _reject_moved_keys(raw)
+    reject_old_fairness_keys(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -1,5 +1,6 @@
-"""Fairness: AdFair-CLIP adversary (:mod:`.adversary`), metrics (:mod:`.metrics`), accumulation
-over batches and ranks (:mod:`.accumulate`) and the trainer adapter (:mod:`.integration`)."""
+"""Fairness: pure penalties (:mod:`.penalties`), the AdFair-CLIP adversary (:mod:`.adversary`),
+fairness terms shaped like losses (:mod:`.terms`, registry ``FAIRNESS_TERMS``), metrics
+(:mod:`.metrics`) and accumulation over batches and ranks (:mod:`.accumulate`)."""
 
 from debiascl.fairness.accumulate import FairnessAudit
 from debiascl.fairness.adversary import (

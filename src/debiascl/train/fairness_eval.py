@@ -5,14 +5,14 @@ When the data carries sensitive attributes (``data.attribute_columns`` or
 
 * **zero-shot** (``image_text``): prompt-ensemble class embeddings, softmax over
   ``logit_scale * cos``, the full fairness report per attribute;
-* **few-shot** linear probes: ``fairness.few_shot_k`` labelled images per class drawn from the
-  training split, ``fairness.few_shot_seeds`` draws, each audited;
+* **few-shot** linear probes: ``eval.fairness_audit.few_shot_k`` labelled images per class drawn from the
+  training split, ``eval.fairness_audit.few_shot_seeds`` draws, each audited;
 * **leakage probes**: a fresh logistic regression trained on frozen training-split embeddings to
   predict each attribute, scored on the test split, both on the embedding the adversary sees
   (``fairness.on``) and on the backbone features (what the adversary cannot reach directly).
 
 Decision thresholds come from a **validation split carved from the training data**
-(``fairness.audit_val_fraction``, class-stratified, seeded by the run seed); the test split is only
+(``eval.fairness_audit.val_fraction``, class-stratified, seeded by the run seed); the test split is only
 scored. Probes are fitted on the remaining training rows. The audit is returned under
 ``"fairness"`` (summary.json / eval.json), and :func:`~debiascl.eval.fairness_audit.format_audit`
 of it is written to ``<run_dir>/fairness.txt`` and printed.
@@ -134,7 +134,7 @@ def validation_rows(
     n_val = max(1, round(fraction * n))
     if n_val >= n:
         raise ConfigError(
-            f"fairness.audit_val_fraction={fraction} leaves no training rows for the probes; "
+            f"eval.fairness_audit.val_fraction={fraction} leaves no training rows for the probes; "
             "lower it"
         )
     val = stratified_subset(labels.numpy(), n_val, seed)
@@ -192,12 +192,13 @@ def fairness_results(
         return {}
     cfg = trainer.cfg
     fc = cfg.fairness
+    au = cfg.eval.fairness_audit
     data = trainer.data
-    names = list(fc.audit_attributes or data.attr_names)
+    names = list(au.attributes or data.attr_names)
     unknown = [a for a in names if a not in data.attr_names]
     if unknown:
         raise ConfigError(
-            f"fairness.audit_attributes {unknown} are not attribute columns of the data "
+            f"eval.fairness_audit.attributes {unknown} are not attribute columns of the data "
             f"{list(data.attr_names)}; fix the names"
         )
     if train_fs.labels is None or not bool((train_fs.labels >= 0).any()):
@@ -238,22 +239,22 @@ def fairness_results(
     }
     y_train = train_fs.labels.numpy()
     y_test = test_fs.labels.numpy() if test_fs.labels is not None else None
-    val, fit = validation_rows(train_fs.labels, fc.audit_val_fraction, cfg.seed)
+    val, fit = validation_rows(train_fs.labels, au.val_fraction, cfg.seed)
     report_kwargs: dict[str, Any] = {
-        "intersections": [tuple(i) for i in fc.intersections],
+        "intersections": [tuple(i) for i in au.intersections],
         "known_values": known,
         "class_names": data.class_names,
-        "n_bins": fc.ece_bins,
+        "n_bins": au.ece_bins,
     }
     audit: dict[str, Any] = {
         "audited_attributes": names,
         "validation": {
             "source": "training split (class-stratified, seeded); never the test split",
-            "fraction": fc.audit_val_fraction,
+            "fraction": au.val_fraction,
             "n_val": int(val.size),
             "n_fit": int(fit.size),
             "n_test": len(test_fs),
-            "threshold_rule": fc.threshold_rule,
+            "threshold_rule": au.threshold_rule,
         },
         "embedding": fc.on,
     }
@@ -280,13 +281,13 @@ def fairness_results(
             test_attrs,
             class_emb,
             logit_scale=_trained_logit_scale(trainer),
-            decision=fc.threshold_rule,
-            bootstrap=fc.bootstrap,
+            decision=au.threshold_rule,
+            bootstrap=au.bootstrap,
             seed=cfg.seed,
             **report_kwargs,
         )
     # few-shot probes on the adversary's embedding
-    if fc.few_shot_k and y_test is not None:
+    if au.few_shot_k and y_test is not None:
         audit["few_shot"] = few_shot_audit(
             _sel(train_emb, fit),
             y_train[fit],
@@ -295,13 +296,13 @@ def fairness_results(
             test_emb,
             y_test,
             test_attrs,
-            shots=fc.few_shot_k,
-            seeds=fc.few_shot_seeds,
-            decision=fc.threshold_rule,
+            shots=au.few_shot_k,
+            seeds=au.few_shot_seeds,
+            decision=au.threshold_rule,
             **report_kwargs,
         )
     # leakage: a fresh classifier per attribute, on the embedding and on backbone features
-    if fc.leakage_probe:
+    if au.leakage_probe:
         leak: dict[str, dict[str, Any]] = {"embedding": {}, "backbone": {}}
         for a in names:
             for where, tr_x, te_x in (
