@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from debiascl.config.schema import DataConfig
+from debiascl.compose import build_augment
 from debiascl.data.augment import (
     EvalTransform,
     SingleViewAugment,
     TwoViewAugment,
-    build_augment,
 )
 from debiascl.errors import DataError
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import gzip
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from debiascl.compose import build_data
 from debiascl.config.schema import DataConfig
-from debiascl.data.build import DATASETS, build_data, stratified_subset
+from debiascl.data.build import stratified_subset
 from debiascl.data.builtin import (
     DEFAULT_FASHION_MNIST_ROOT,
     DIGITS_CLASSES,
@@ -23,6 +23,7 @@ from debiascl.data.builtin import (
 from debiascl.data.captions import prompt_templates
 from debiascl.data.datasets import TensorImageDataset
 from debiascl.errors import ConfigError, DataError
+from debiascl.registry import DATASETS
 
 FMNIST = Path(DEFAULT_FASHION_MNIST_ROOT)
 
@@ -164,30 +165,29 @@ def test_prompt_names_reproduce_training_captions() -> None:
     assert set(bundle.info.texts) == prompts
 
 
-def test_synthetic_attr_not_available_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        DATASETS,
-        "_builders",
-        {k: v for k, v in DATASETS._builders.items() if k != "synthetic_attr"},
-    )
-    monkeypatch.setitem(sys.modules, "debiascl.data.synthetic_attr", None)  # import fails
-    with pytest.raises(ConfigError, match="not available yet"):
-        build_data(DataConfig(dataset="synthetic_attr"), seed=0)
+def test_unknown_dataset_is_config_error_listing_the_registry() -> None:
+    # the registry is the single source of truth: the config accepts any name, the build names
+    # every registered dataset
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'.*digits.*synthetic_attr"):
+        build_data(DataConfig(dataset="nope"), seed=0)
 
 
 def test_registered_dataset_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
     builders = dict(DATASETS._builders)
     monkeypatch.setattr(DATASETS, "_builders", builders)
+    seen = {}
 
-    def tiny(cfg: DataConfig, seed: int) -> tuple[TensorImageDataset, None]:
+    def tiny(image_size: int, on_bad_image: str = "skip") -> tuple[TensorImageDataset, None]:
+        seen.update(image_size=image_size, on_bad_image=on_bad_image)  # plain data settings
         images = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
         return TensorImageDataset(images, labels=[0, 1, 0, 1, 0, 1], class_names=["a", "b"]), None
 
-    builders["synthetic_attr"] = tiny
-    bundle = build_data(DataConfig(dataset="synthetic_attr", train_size=4), seed=0)
+    DATASETS.register("tiny")(tiny)
+    bundle = build_data(DataConfig(dataset="tiny", train_size=4, image_size=12), seed=0)
     assert len(bundle.train) == 4 and bundle.test is None
+    assert seen == {"image_size": 12, "on_bad_image": "error"}
     with pytest.raises(ConfigError, match="test_size"):
-        build_data(DataConfig(dataset="synthetic_attr", test_size=2), seed=0)
+        build_data(DataConfig(dataset="tiny", test_size=2), seed=0)
 
 
 def test_subset_larger_than_data_is_config_error() -> None:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from debiascl.config.schema import DataConfig
-from debiascl.data.build import build_data
+from debiascl.compose import build_data
 from debiascl.data.image_folder import ImageFolderDataset
 from debiascl.errors import DataError
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from debiascl.config.schema import DataConfig
-from debiascl.data.build import build_data, make_loader
+from debiascl.compose import build_data
+from debiascl.data.build import make_loader
 from debiascl.data.images import collate_skip_none, read_image
 from debiascl.data.manifest import ManifestDataset
 from debiascl.errors import DataError

@@ -27,7 +27,7 @@ NEEDS = {"ssd": ["loss.eta_source=class_frequency"]}
 
 
 def _combos() -> list[tuple[str, str, str]]:
-    import debiascl.methods  # noqa: F401  (registers every loss)
+    import debiascl.compose  # noqa: F401  (registers every loss)
     from debiascl.registry import LOSSES
 
     return list(itertools.product(LOSSES.names(), MODES, DETECTORS))

@@ -13,7 +13,7 @@ from debiascl.config.schema import RunConfig
 from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError, DataError, DebiasclError
 from debiascl.eta.ngram import NGramLM
-from debiascl.methods import build_objective
+from debiascl.compose import build_objective
 from debiascl.objectives import ContrastiveObjective, InfoNCELoss, StepContext
 from debiascl.objectives.debiased_loss import DebiasedLoss
 from debiascl.pairs import clip_pairs, simclr_pairs

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from debiascl.config import load_config
-from debiascl.data.build import build_data, subsample_classes_rows
+from debiascl.compose import build_data
+from debiascl.data.build import subsample_classes_rows
 from debiascl.errors import ConfigError
 from debiascl.eta.summary import eta_summary
 from debiascl.objectives.context import StepContext

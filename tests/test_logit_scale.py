@@ -13,7 +13,7 @@ from debiascl.config.loader import BUILTIN_DIR
 from debiascl.config.schema import MOVED_KEYS
 from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError
-from debiascl.methods import build_objective
+from debiascl.compose import build_loss, build_objective
 from debiascl.objectives import ContrastiveObjective, InfoNCELoss
 from debiascl.objectives.scale import LogitScale
 from debiascl.registry import LOSSES
@@ -93,7 +93,7 @@ def test_learned_temperature_only_where_the_loss_supports_it(name: str) -> None:
         overrides.append("loss.eta_source=class_frequency")
     cfg = load_config("digits_simclr", overrides)
     info = DatasetInfo(num_samples=20, labels=torch.arange(20) % 4)
-    loss_cls = type(LOSSES.build(name, load_config("digits_simclr", overrides[1:]), info))
+    loss_cls = type(build_loss(load_config("digits_simclr", overrides[1:]), info))
     if loss_cls.learns_temperature:
         objective = build_objective(cfg, info)
         assert [n for n, _ in objective.named_parameters()] == [SCALE_KEY]

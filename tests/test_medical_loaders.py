@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from debiascl.data.dicom import read_dicom, register_dicom_reader
+from debiascl.data.dicom import read_dicom
+from debiascl.data.images import register_dicom_reader
 from debiascl.data.manifest import ManifestDataset
 from debiascl.data.medical import (
     balanced_test_set,

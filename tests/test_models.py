@@ -9,7 +9,8 @@ import torch
 
 from debiascl.config import load_config
 from debiascl.errors import ConfigError
-from debiascl.models import build_image_encoder, build_model, projection_head
+from debiascl.compose import build_model
+from debiascl.models import build_image_encoder, projection_head
 from debiascl.models.text import BagOfWordsTextEncoder
 
 

@@ -13,7 +13,8 @@ import torchvision
 from debiascl.cli import main
 from debiascl.errors import ConfigError
 from debiascl.models import build_image_encoder
-from debiascl.models.export import export_timm, load_trained_model
+from debiascl.models.export import export_timm
+from debiascl.train.export_run import load_trained_model
 
 ATOL = 1e-5
 

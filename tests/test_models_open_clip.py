@@ -18,7 +18,7 @@ open_clip = pytest.importorskip("open_clip")
 
 from debiascl.config import load_config  # noqa: E402
 from debiascl.errors import ConfigError  # noqa: E402
-from debiascl.models import build_model  # noqa: E402
+from debiascl.compose import build_model  # noqa: E402
 from debiascl.train.trainer import Trainer  # noqa: E402
 
 ARCH = "debiascl-tiny-clip"
@@ -142,16 +142,16 @@ def finetune_overrides(ckpt: Path, run_dir: Path) -> list[str]:
         "train.threads=1",
         "optim.lr=0.01",
         "optim.warmup_epochs=0",
-        "fairness.hidden_dim=8",
+        "fairness.terms=[{name: adversary, hidden_dim: 8}]",
         f"output_dir={run_dir.parent}",
         f"name={run_dir.name}",
     ]
 
 
 METHODS = {
-    "infonce": ["fairness.enabled=false", "loss.temperature=0.2", "loss.learn_temperature=true"],
+    "infonce": ["fairness.terms=[]", "loss.temperature=0.2", "loss.learn_temperature=true"],
     "sogclr+glofnd": [
-        "fairness.enabled=false",
+        "fairness.terms=[]",
         "loss.name=sogclr",
         "loss.learn_temperature=false",
         "loss.temperature=0.1",

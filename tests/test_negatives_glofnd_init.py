@@ -17,7 +17,7 @@ import torch
 from debiascl.config import load_config
 from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError
-from debiascl.negatives.builders import build_glofnd
+from debiascl.compose import build_detector
 from debiascl.negatives.glofnd import GloFNDDetector
 from debiascl.objectives import StepContext
 from debiascl.pairs import PairwiseBatch, simclr_pairs
@@ -197,7 +197,7 @@ def test_binomial_moments_need_batch_quantile_and_adam(kwargs):
 
 def test_config_passes_moment_init_to_the_detector():
     cfg = load_config("fmnist_clip_glofnd", ["negatives.moment_init=zero"])
-    det = build_glofnd(cfg, DatasetInfo(num_samples=10))
+    det = build_detector(cfg, DatasetInfo(num_samples=10))
     assert det.moment_init == "zero"
     cfg = load_config("fmnist_clip_glofnd", ["negatives.moment_init=binomial"])
-    assert build_glofnd(cfg, DatasetInfo(num_samples=10)).moment_init == "binomial"
+    assert build_detector(cfg, DatasetInfo(num_samples=10)).moment_init == "binomial"

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from debiascl.cli import main
 from debiascl.config import load_config
-from debiascl.data.build import build_data
+from debiascl.compose import build_data
 from debiascl.negatives.removed_pairs import (
     FILE_NAME,
     RemovedPairSample,

@@ -7,7 +7,7 @@ import torch
 
 from debiascl.config.schema import RunConfig
 from debiascl.data.info import DatasetInfo
-from debiascl.methods import build_objective
+from debiascl.compose import build_objective
 from debiascl.objectives import StepContext
 from debiascl.registry import DETECTORS, LOSSES
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from debiascl.cli import main
 from debiascl.config import load_config
-from debiascl.data.build import build_data, make_loader
+from debiascl.compose import build_data
+from debiascl.data.build import make_loader
 from debiascl.losses.infonce import clip_loss, nt_xent
 from debiascl.train.trainer import Trainer
 

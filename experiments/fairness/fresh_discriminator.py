@@ -22,10 +22,9 @@ import torch
 from torch.nn import functional as F
 
 from debiascl.config import load_config
-from debiascl.data.augment import EvalTransform, build_augment
-from debiascl.data.build import build_data
+from debiascl.compose import build_augment, build_data, build_model
+from debiascl.data.augment import EvalTransform
 from debiascl.fairness.adversary import AdversarialFairness, AttributeSpec
-from debiascl.models.build import build_model
 
 
 def main(run: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,7 +94,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from debiascl.models.export import export_run
+    from debiascl.train.export_run import export_run
 
     out = export_run(Path(args.run_dir), args.to, Path(args.output), args.checkpoint)
     print(f"exported ({args.to}): {out}")
@@ -218,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: DebiasclError) -> str:
+    """The error's own message; one raised in a DataLoader worker arrives wrapped in the worker's
+    traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ..."), whose
+    last line is the original message."""
+    text = str(err)
+    if "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = re.sub(r"^[\w.]+: ", "", last, count=1)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -234,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DebiasclError as err:
         if args.debug:
             raise
-        print(f"debiascl: error: {err}", file=sys.stderr)
+        print(f"debiascl: error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("debiascl: interrupted", file=sys.stderr)

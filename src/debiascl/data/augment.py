@@ -14,16 +14,13 @@ grayscale p=0.2 (RGB only), optional Gaussian blur p=0.5, then per-channel norma
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import kornia.augmentation as K
 import torch
 from torch import nn
 
 from debiascl.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from debiascl.config.schema import DataConfig
 
 Strength = Literal["simclr", "light", "none"]
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's "L" conversion
@@ -219,8 +216,17 @@ class EvalTransform(_ImageOp):
             return self.normalize(x)
 
 
-def build_augment(cfg: DataConfig) -> nn.Module:
-    """The training augmentation of ``cfg``: two views (image_image) or one (image_text)."""
-    if cfg.mode == "image_image":
-        return TwoViewAugment(cfg.image_size, cfg.channels, cfg.augment, blur=cfg.blur)
-    return SingleViewAugment(cfg.image_size, cfg.channels, cfg.augment, blur=cfg.blur)
+def make_augment(
+    mode: str,
+    image_size: int,
+    channels: int,
+    strength: Strength | None = None,
+    blur: bool = False,
+) -> nn.Module:
+    """The training augmentation: two views (``mode="image_image"``) or one (image_text).
+
+    ``strength`` None means simclr for two views and light for one.
+    """
+    if mode == "image_image":
+        return TwoViewAugment(image_size, channels, strength, blur=blur)
+    return SingleViewAugment(image_size, channels, strength, blur=blur)

@@ -1,42 +1,40 @@
-"""Build the configured datasets (:func:`build_data`) and their loaders (:func:`make_loader`).
+"""Assemble datasets into a :class:`DataBundle` (:func:`assemble_data`) and their loaders
+(:func:`make_loader`), from plain arguments.
 
-Dataset builders live in the :data:`DATASETS` registry with the signature
-``(cfg: DataConfig, seed: int) -> (train, test | None)`` returning :class:`SampleDataset` objects
-with labels and class names where known; :func:`build_data` then takes the ``train_size`` /
-``test_size`` subsets, attaches captions in ``image_text`` mode and builds the
-:class:`DatasetInfo`. Another dataset registers itself with ``@DATASETS.register("name")``.
+Dataset sources live in the :data:`~debiascl.registry.DATASETS` registry (see
+:mod:`debiascl.data.sources`): factories taking plain keyword arguments and returning
+``(train, test | None)`` :class:`SampleDataset` objects with labels and class names where known.
+:func:`debiascl.compose.build_data` reads the ``data`` section, builds the named source and calls
+:func:`assemble_data`, which takes the ``train_size`` / ``test_size`` subsets and attaches captions
+in ``image_text`` mode. Another dataset registers itself with ``@DATASETS.register("name")``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 from debiascl import distributed as dist_utils
-from debiascl.config.schema import DataConfig
-from debiascl.data.builtin import (
-    DIGITS_CLASSES,
-    FASHION_MNIST_CLASSES,
-    load_digits_split,
-    load_fashion_mnist,
-)
 from debiascl.data.captions import make_captions, with_article
-from debiascl.data.datasets import SampleDataset, TensorImageDataset
-from debiascl.data.image_folder import ImageFolderDataset
+from debiascl.data.datasets import SampleDataset
 from debiascl.data.images import collate_skip_none
 from debiascl.data.info import DatasetInfo
-from debiascl.data.manifest import ManifestDataset
 from debiascl.errors import ConfigError
-from debiascl.registry import Registry
+from debiascl.registry import DATASETS
 
-DATASETS: Registry = Registry("dataset")
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "EpochShuffleSampler",
+    "assemble_data",
+    "make_loader",
+    "stratified_subset",
+    "subsample_classes_rows",
+]
 
 #: Seed of the test-split captions and (without data.subset_seed) the test subset: fixed, so runs
 #: with different seeds are evaluated on identical test data.
@@ -106,72 +104,6 @@ def stratified_subset(labels: torch.Tensor | np.ndarray, size: int, seed: int) -
     return np.sort(np.concatenate(rows))
 
 
-# ------------------------------------------------------------------------- dataset builders
-@DATASETS.register("fashion_mnist")
-def _fashion_mnist(cfg: DataConfig, seed: int) -> tuple[SampleDataset, SampleDataset]:
-    names = list(FASHION_MNIST_CLASSES)
-    out = []
-    for split in ("train", "test"):
-        images, labels = load_fashion_mnist(split, cfg.root)
-        out.append(TensorImageDataset(images, labels, class_names=names))
-    return out[0], out[1]
-
-
-@DATASETS.register("digits")
-def _digits(cfg: DataConfig, seed: int) -> tuple[SampleDataset, SampleDataset]:
-    names = list(DIGITS_CLASSES)
-    out = []
-    for split in ("train", "test"):
-        images, labels = load_digits_split(split)
-        out.append(TensorImageDataset(images, labels, class_names=names))
-    return out[0], out[1]
-
-
-@DATASETS.register("manifest")
-def _manifest(cfg: DataConfig, seed: int) -> tuple[SampleDataset, SampleDataset | None]:
-    if cfg.manifest is None:
-        raise ConfigError("dataset=manifest needs data.manifest=<path to .csv or .parquet>")
-    common = {
-        "image_column": cfg.image_column,
-        "text_column": cfg.text_column if cfg.mode == "image_text" else None,
-        "label_column": cfg.label_column,
-        "attribute_columns": cfg.attribute_columns,
-        "id_column": cfg.id_column,
-        "channels": cfg.channels,
-        "image_size": cfg.image_size,
-        "on_bad_image": cfg.on_bad_image,
-        "high_bit_scaling": cfg.high_bit_scaling,
-    }
-    train = ManifestDataset(cfg.manifest, **common)
-    test = None
-    if cfg.test_manifest is not None:
-        test = ManifestDataset(
-            cfg.test_manifest,
-            attr_vocab=train.attr_vocab,
-            label_vocab=train.label_vocab,
-            **common,
-        )
-    return train, test
-
-
-@DATASETS.register("image_folder")
-def _image_folder(cfg: DataConfig, seed: int) -> tuple[SampleDataset, SampleDataset | None]:
-    if cfg.root is None:
-        raise ConfigError("dataset=image_folder needs data.root=<folder of class folders>")
-    root = Path(cfg.root)
-    common = {
-        "channels": cfg.channels,
-        "image_size": cfg.image_size,
-        "on_bad_image": cfg.on_bad_image,
-        "high_bit_scaling": cfg.high_bit_scaling,
-    }
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train = ImageFolderDataset(root / "train", **common)
-        test = ImageFolderDataset(root / "test", class_names=train.class_names, **common)
-        return train, test
-    return ImageFolderDataset(root, **common), None
-
-
 # ------------------------------------------------------------------------- assembly
 def _subset(ds: SampleDataset, size: int | None, seed: int, what: str) -> SampleDataset:
     if size is None or size == len(ds):
@@ -207,25 +139,17 @@ def subsample_classes_rows(
     return np.flatnonzero(keep)
 
 
-def _subsample_classes(ds: SampleDataset, cfg: DataConfig, seed: int) -> SampleDataset:
-    if not cfg.subsample_classes or cfg.subsample_fraction >= 1.0:
-        return ds
-    return ds.select(
-        subsample_classes_rows(ds.labels, cfg.subsample_classes, cfg.subsample_fraction, seed)
-    )
-
-
 def _caption_names(class_names: list[str]) -> list[str]:
     """Folder-style names (``ankle_boot``) as words (``ankle boot``)."""
     return [n.replace("_", " ") for n in class_names]
 
 
-def _attach_captions(ds: SampleDataset, cfg: DataConfig, seed: int) -> SampleDataset:
+def _attach_captions(ds: SampleDataset, dataset: str, templates: str, seed: int) -> SampleDataset:
     if ds.texts is not None:
         return ds
     if ds.class_names is None or bool((ds.labels < 0).any()):
         raise ConfigError(
-            f"data.mode=image_text needs a caption for every sample: dataset {cfg.dataset!r} "
+            f"data.mode=image_text needs a caption for every sample: dataset {dataset!r} "
             "has no text column and not every sample has a named class; set data.text_column "
             "or label every sample"
         )
@@ -234,49 +158,65 @@ def _attach_captions(ds: SampleDataset, cfg: DataConfig, seed: int) -> SampleDat
             _caption_names(ds.class_names),
             ds.labels.numpy(),
             ds.ids.numpy(),
-            cfg.caption_templates,
+            templates,
             seed,
         )
     )
 
 
-def build_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """The train/test datasets and :class:`DatasetInfo` that ``cfg`` describes.
+def assemble_data(
+    train: SampleDataset,
+    test: SampleDataset | None,
+    *,
+    seed: int,
+    dataset: str = "dataset",
+    mode: str = "image_image",
+    channels: int = 1,
+    image_size: int = 28,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    subset_seed: int | None = None,
+    subsample_classes: list[int] | None = None,
+    subsample_fraction: float = 1.0,
+    caption_templates: str = "default",
+) -> DataBundle:
+    """The :class:`DataBundle` of a dataset's ``train`` / ``test`` splits.
 
-    ``seed`` (the run seed) picks the training subset (unless ``data.subset_seed`` is set) and the
-    training captions; the test subset and test captions use fixed seeds so every run is
-    evaluated on the same test data.
+    Takes the ``train_size`` / ``test_size`` class-stratified subsets, the controlled class
+    imbalance (``subsample_classes`` keep ``subsample_fraction``), and in ``image_text`` mode
+    attaches captions to splits without texts. ``seed`` (the run seed) picks the training subset
+    (unless ``subset_seed`` is set) and the training captions; the test subset and test captions
+    use fixed seeds so every run is evaluated on the same test data. ``dataset`` names the data in
+    errors.
+
+    Raises:
+        ConfigError: a subset larger than its split, ``test_size`` without a test split, or
+            image_text data whose samples cannot all be captioned.
     """
-    if cfg.dataset == "synthetic_attr" and "synthetic_attr" not in DATASETS.names():
-        # Its module registers the builder on import, when it provides one.
-        with contextlib.suppress(ImportError):
-            importlib.import_module("debiascl.data.synthetic_attr")
-        if "synthetic_attr" not in DATASETS.names():
-            raise ConfigError(
-                "dataset=synthetic_attr is not available yet in this version; use fashion_mnist, "
-                "digits, manifest or image_folder"
-            )
-    train, test = DATASETS.build(cfg.dataset, cfg, seed)
-    train_seed = cfg.subset_seed if cfg.subset_seed is not None else seed
-    test_seed = cfg.subset_seed if cfg.subset_seed is not None else TEST_SEED
-    train = _subset(train, cfg.train_size, train_seed, "train")
-    train = _subsample_classes(train, cfg, train_seed)
+    train_seed = subset_seed if subset_seed is not None else seed
+    test_seed = subset_seed if subset_seed is not None else TEST_SEED
+    train = _subset(train, train_size, train_seed, "train")
+    if subsample_classes and subsample_fraction < 1.0:
+        rows = subsample_classes_rows(
+            train.labels, subsample_classes, subsample_fraction, train_seed
+        )
+        train = train.select(rows)
     if test is not None:
-        test = _subset(test, cfg.test_size, test_seed, "test")
-    elif cfg.test_size is not None:
-        raise ConfigError(f"data.test_size is set but dataset {cfg.dataset!r} has no test split")
-    if cfg.mode == "image_text":
-        train = _attach_captions(train, cfg, seed)
+        test = _subset(test, test_size, test_seed, "test")
+    elif test_size is not None:
+        raise ConfigError(f"data.test_size is set but dataset {dataset!r} has no test split")
+    if mode == "image_text":
+        train = _attach_captions(train, dataset, caption_templates, seed)
         if test is not None:
-            test = _attach_captions(test, cfg, TEST_SEED)
+            test = _attach_captions(test, dataset, caption_templates, TEST_SEED)
     return DataBundle(
         train=train,
         test=test,
         info=train.info(),
         class_names=train.class_names,
-        channels=cfg.channels,
-        image_size=cfg.image_size,
-        mode=cfg.mode,
+        channels=channels,
+        image_size=image_size,
+        mode=mode,
         attr_names=list(train.attr_names),
         attr_vocab=dict(train.attr_vocab),
     )

@@ -80,11 +80,3 @@ def read_dicom(path: str | Path) -> np.ndarray:
     if photometric == "MONOCHROME1":
         x = 1.0 - x
     return x.astype(np.float32)
-
-
-def register_dicom_reader(overwrite: bool = True) -> None:
-    """Let every dataset read ``.dcm``/``.dicom`` files with :func:`read_dicom`."""
-    from debiascl.data.images import register_image_reader
-
-    for suffix in DICOM_SUFFIXES:
-        register_image_reader(suffix, read_dicom, overwrite=overwrite)

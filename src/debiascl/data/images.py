@@ -64,6 +64,13 @@ def register_image_reader(suffix: str, reader: ImageReader, overwrite: bool = Fa
     IMAGE_READERS[key] = reader
 
 
+def register_dicom_reader(overwrite: bool = True) -> None:
+    """Let every dataset read ``.dcm``/``.dicom`` files with :func:`read_dicom` (the default;
+    call it again after replacing those readers)."""
+    for suffix in DICOM_SUFFIXES:
+        register_image_reader(suffix, read_dicom, overwrite=overwrite)
+
+
 def _to_uint8(array: np.ndarray, scaling: HighBitScaling) -> np.ndarray:
     """Map an integer or float array to uint8 0..255.
 

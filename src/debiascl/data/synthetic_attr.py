@@ -32,6 +32,7 @@ from debiascl.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
 from debiascl.data.captions import CaptionStyle, make_captions
 from debiascl.data.datasets import TensorImageDataset
 from debiascl.errors import ConfigError
+from debiascl.registry import DATASETS
 
 SYNTHETIC_ATTRIBUTE = "synthetic_mark"
 SYNTHETIC_VALUES = ("unmarked", "marked")
@@ -169,30 +170,21 @@ def load_synthetic_attr(
     )
 
 
-# ----------------------------------------------------------------------------- data.build hook
-def _register() -> None:
-    """Register ``dataset=synthetic_attr`` in :data:`debiascl.data.build.DATASETS`.
-
-    Reads ``data.synthetic_correlation`` (default 0.9), ``data.synthetic_test_correlation``
-    (default 0.5: attribute independent of the class at test time, so group gaps measure the
-    model, not base rates) and ``data.synthetic_style`` (default ``"border"``) when the data
-    config has them.
-    """
-    from debiascl.data.build import DATASETS
-
-    if "synthetic_attr" in DATASETS.names():
-        return
-
-    @DATASETS.register("synthetic_attr")
-    def _build(cfg: object, seed: int) -> tuple[TensorImageDataset, TensorImageDataset]:
-        corr = float(getattr(cfg, "synthetic_correlation", 0.9))
-        test_corr = float(getattr(cfg, "synthetic_test_correlation", 0.5))
-        style = getattr(cfg, "synthetic_style", "border")
-        root = getattr(cfg, "root", None)
-        # the attribute draw is fixed (seed 0) so every run sees the same synthetic data
-        train = load_synthetic_attr("train", corr, style, seed=0, root=root)
-        test = load_synthetic_attr("test", test_corr, style, seed=0, root=root)
-        return train.dataset(), test.dataset()
-
-
-_register()
+# ----------------------------------------------------------------------------- registration
+@DATASETS.register("synthetic_attr")
+def synthetic_attr(
+    root: str | None = None,
+    synthetic_correlation: float = 0.9,
+    synthetic_test_correlation: float = 0.5,
+    synthetic_style: str = "border",
+) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """``dataset=synthetic_attr``: P(mark | even class) is ``synthetic_correlation`` in the
+    training split and ``synthetic_test_correlation`` (default 0.5: attribute independent of the
+    class, so group gaps measure the model, not base rates) in the test split; the mark is drawn
+    as ``synthetic_style`` (``"border"`` or ``"tint"``). The attribute draw is fixed (seed 0) so
+    every run sees the same synthetic data."""
+    train = load_synthetic_attr("train", synthetic_correlation, synthetic_style, seed=0, root=root)
+    test = load_synthetic_attr(
+        "test", synthetic_test_correlation, synthetic_style, seed=0, root=root
+    )
+    return train.dataset(), test.dataset()

@@ -1,4 +1,5 @@
-"""Build the configured model."""
+"""Build a model from plain arguments (:func:`create_model`); the configured one is built by
+:func:`debiascl.compose.build_model`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from debiascl.config.schema import ModelConfig
 from debiascl.errors import ConfigError
 from debiascl.models.clip import SimCLRModel, TwoTowerModel
 from debiascl.models.encoders import build_image_encoder
@@ -17,23 +17,28 @@ from debiascl.models.text import BagOfWordsTextEncoder, MiniLMTextEncoder
 log = logging.getLogger(__name__)
 
 
-def build_text_encoder(cfg: ModelConfig, corpus: Sequence[str] | None = None) -> nn.Module:
-    """The text tower named by ``cfg.text_encoder`` (minilm, bag_of_words or hf:<source>)."""
-    name = cfg.text_encoder
+def build_text_encoder(
+    name: str,
+    *,
+    trainable: bool = False,
+    max_length: int = 64,
+    train_layers: int | None = None,
+    pooling: str = "mean",
+    bag_dim: int = 256,
+    corpus: Sequence[str] | None = None,
+) -> nn.Module:
+    """The text tower ``name`` (minilm, bag_of_words or hf:<source>).
+
+    ``bag_dim`` is the bag-of-words embedding width and ``corpus`` its vocabulary source.
+    """
     if name == "minilm":
-        return MiniLMTextEncoder(cfg.text_trainable, cfg.text_max_length, cfg.text_train_layers)
+        return MiniLMTextEncoder(trainable, max_length, train_layers)
     if name == "bag_of_words":
-        return BagOfWordsTextEncoder(corpus or [], dim=cfg.proj_hidden_dim)
+        return BagOfWordsTextEncoder(corpus or [], dim=bag_dim)
     if name.startswith("hf:"):
         from debiascl.models.hf_text import HFTextEncoder
 
-        return HFTextEncoder(
-            name.removeprefix("hf:"),
-            cfg.text_pooling,
-            cfg.text_max_length,
-            cfg.text_trainable,
-            cfg.text_train_layers,
-        )
+        return HFTextEncoder(name.removeprefix("hf:"), pooling, max_length, trainable, train_layers)
     raise ConfigError(
         f"model.text_encoder={name!r} needs model.encoder=open_clip:<architecture>"
         if name == "open_clip"
@@ -41,21 +46,28 @@ def build_text_encoder(cfg: ModelConfig, corpus: Sequence[str] | None = None) ->
     )
 
 
-def _build_open_clip(cfg: ModelConfig, mode: str) -> nn.Module:
+def _build_open_clip(
+    encoder: str,
+    mode: str,
+    text_encoder: str,
+    weights: str | None,
+    proj_hidden_dim: int,
+    embed_dim: int,
+) -> nn.Module:
     from debiascl.models.open_clip_model import build_open_clip_towers
 
-    arch = cfg.encoder.removeprefix("open_clip:")
-    if mode == "image_text" and cfg.text_encoder != "open_clip":
+    arch = encoder.removeprefix("open_clip:")
+    if mode == "image_text" and text_encoder != "open_clip":
         raise ConfigError(
-            f"model.encoder={cfg.encoder} is a whole CLIP model: set model.text_encoder=open_clip"
+            f"model.encoder={encoder} is a whole CLIP model: set model.text_encoder=open_clip"
         )
-    image, text, scale = build_open_clip_towers(arch, cfg.weights)
+    image, text, scale = build_open_clip_towers(arch, weights)
     if mode == "image_image":
-        head = projection_head(image.feature_dim, cfg.proj_hidden_dim, cfg.embed_dim)
+        head = projection_head(image.feature_dim, proj_hidden_dim, embed_dim)
         return SimCLRModel(image, head)
-    if cfg.embed_dim != image.feature_dim:
+    if embed_dim != image.feature_dim:
         raise ConfigError(
-            f"{cfg.encoder} embeds into {image.feature_dim} dimensions: set "
+            f"{encoder} embeds into {image.feature_dim} dimensions: set "
             f"model.embed_dim={image.feature_dim}"
         )
     model = TwoTowerModel(image, nn.Identity(), text, nn.Identity())
@@ -64,25 +76,59 @@ def _build_open_clip(cfg: ModelConfig, mode: str) -> nn.Module:
     model.checkpoint_logit_scale = scale
     log.info(
         "%s: the checkpoint's logit scale is %.4g; loss.temperature=%.4g starts from it",
-        cfg.encoder,
+        encoder,
         scale,
         1.0 / scale,
     )
     return model
 
 
-def build_model(
-    cfg: ModelConfig, mode: str, channels: int, corpus: Sequence[str] | None = None
+def create_model(
+    mode: str,
+    channels: int,
+    *,
+    encoder: str = "small_cnn",
+    width: int = 16,
+    small_image_stem: bool = True,
+    pretrained: bool = False,
+    weights: str | None = None,
+    proj_hidden_dim: int = 256,
+    embed_dim: int = 128,
+    text_encoder: str = "minilm",
+    text_trainable: bool = False,
+    text_max_length: int = 64,
+    text_train_layers: int | None = None,
+    text_pooling: str = "mean",
+    corpus: Sequence[str] | None = None,
 ) -> nn.Module:
-    """A :class:`SimCLRModel` (image_image) or :class:`TwoTowerModel` (image_text)."""
-    if cfg.encoder.startswith("open_clip:"):
-        return _build_open_clip(cfg, mode)
-    encoder = build_image_encoder(
-        cfg.encoder, channels, cfg.width, cfg.small_image_stem, cfg.pretrained, cfg.weights
-    )
-    head = projection_head(encoder.feature_dim, cfg.proj_hidden_dim, cfg.embed_dim)
+    """A :class:`SimCLRModel` (``mode="image_image"``) or :class:`TwoTowerModel` (image_text).
+
+    Args:
+        mode: ``image_image`` or ``image_text``.
+        channels: image channels the encoder receives (1 or 3).
+        encoder: image tower (``small_cnn``, ``resnet18``, ``timm:<name>``, ``open_clip:<arch>``
+            for a whole CLIP model, ...); ``width``, ``small_image_stem``, ``pretrained`` and
+            ``weights`` configure it.
+        proj_hidden_dim, embed_dim: projection head widths (embeddings have ``embed_dim``).
+        text_*: the text tower (see :func:`build_text_encoder`); ``corpus``: bag-of-words texts.
+
+    Raises:
+        ConfigError: an unknown encoder, or an open_clip model with mismatched settings.
+    """
+    if encoder.startswith("open_clip:"):
+        return _build_open_clip(encoder, mode, text_encoder, weights, proj_hidden_dim, embed_dim)
+    image = build_image_encoder(encoder, channels, width, small_image_stem, pretrained, weights)
+    head = projection_head(image.feature_dim, proj_hidden_dim, embed_dim)
     if mode == "image_image":
-        return SimCLRModel(encoder, head)
-    text = build_text_encoder(cfg, corpus)
-    text_head = projection_head(text.feature_dim, cfg.proj_hidden_dim, cfg.embed_dim)
-    return TwoTowerModel(encoder, head, text, text_head)
+        return SimCLRModel(image, head)
+    text = build_text_encoder(
+        text_encoder,
+        trainable=text_trainable,
+        max_length=text_max_length,
+        train_layers=text_train_layers,
+        pooling=text_pooling,
+        bag_dim=proj_hidden_dim,
+        corpus=corpus,
+    )
+    text_head = projection_head(text.feature_dim, proj_hidden_dim, embed_dim)
+    return TwoTowerModel(image, head, text, text_head)

@@ -10,8 +10,9 @@
   ``open_clip_model.safetensors`` + ``open_clip_config.json``; load with
   ``open_clip.create_model("local-dir:DIR")``.
 
-The exported weights are the backbone/tower only: debiascl's projection heads (used for the
-contrastive loss on non-CLIP towers) are written separately to ``debiascl_heads.safetensors``.
+The run directory is read by :mod:`debiascl.train.export_run`. The exported weights are the
+backbone/tower only: debiascl's projection heads (used for the contrastive loss on non-CLIP
+towers) are written separately to ``debiascl_heads.safetensors``.
 The preprocessing recorded in the configs is the one the tower consumes (mean/std on [0, 1]
 pixels), so the library's own transforms reproduce debiascl's embeddings.
 """
@@ -27,7 +28,7 @@ import torch
 import torchvision
 from torch import nn
 
-from debiascl.errors import CheckpointError, ConfigError
+from debiascl.errors import ConfigError
 
 FORMATS = ("timm", "hf", "open_clip")
 
@@ -42,19 +43,6 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def _sub_state(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-
-
-def load_run(run_dir: Path, checkpoint: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """(run config, checkpoint state) of a run directory's newest (or given) checkpoint."""
-    from debiascl.config import load_config
-    from debiascl.train import checkpoint as ckpt
-
-    config_path = Path(run_dir) / "config.yaml"
-    if not config_path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(str(config_path), ["checkpoint.resume=null"])
-    path = ckpt.resolve_resume(checkpoint or "latest", Path(run_dir))
-    return cfg, ckpt.load_checkpoint(path)
 
 
 def run_logit_scale(cfg: Any, state: dict[str, Any]) -> float:
@@ -176,47 +164,4 @@ def _heads(model: nn.Module) -> dict[str, torch.Tensor]:
         head = getattr(model, name, None)
         if head is not None:
             out.update({f"{name}.{k}": v for k, v in head.state_dict().items()})
-    return out
-
-
-def load_trained_model(
-    run_dir: Path, checkpoint: str | None = None
-) -> tuple[Any, dict[str, Any], nn.Module]:
-    """(config, checkpoint state, model with the trained weights in eval mode) of a run."""
-    from debiascl.models.build import build_model
-
-    cfg, state = load_run(Path(run_dir), checkpoint)
-    # bag_of_words: a stand-in vocabulary of the saved size (its words are not exported)
-    texts = None
-    if cfg.model.text_encoder == "bag_of_words" and "model" in state:
-        weight = state["model"].get("text_encoder.embedding.weight")
-        texts = [f"w{i}" for i in range(int(weight.shape[0]) - 1)] if weight is not None else None
-    model = build_model(cfg.model, cfg.data.mode, cfg.data.channels, corpus=texts)
-    model.load_state_dict(state["model"])
-    return cfg, state, model.eval()
-
-
-def export_run(run_dir: Path, to: str, out: Path, checkpoint: str | None = None) -> Path:
-    """Write the trained tower(s) of ``run_dir`` to ``out`` in format ``to`` (see module doc).
-
-    Raises:
-        ConfigError: unknown format, or a model without the tower the format needs.
-        CheckpointError: not a run directory, or no readable checkpoint.
-    """
-    if to not in FORMATS:
-        raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {to!r}")
-    cfg, state, model = load_trained_model(Path(run_dir), checkpoint)
-    out = Path(out)
-    if to == "timm":
-        export_timm(model, out, cfg.data.image_size)
-    elif to == "hf":
-        export_hf(model, out)
-    else:
-        if not cfg.model.encoder.startswith("open_clip:"):
-            raise ConfigError("export --to open_clip needs a run with encoder=open_clip:<arch>")
-        arch = cfg.model.encoder.removeprefix("open_clip:")
-        export_open_clip(model, out, arch, run_logit_scale(cfg, state))
-    heads = _heads(model)
-    if heads:
-        _save_safetensors(heads, out / "debiascl_heads.safetensors")
     return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from debiascl.errors import ConfigError
+from debiascl.negatives.context import StepContext
+from debiascl.negatives.detector import FalseNegativeDetector
 from debiascl.negatives.thresholds import check_alpha
-from debiascl.objectives.base import FalseNegativeDetector
-from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
 
 

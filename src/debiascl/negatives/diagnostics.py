@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from debiascl import distributed as dist_utils
+from debiascl.negatives.thresholds import count_true
 from debiascl.pairs import PairwiseBatch
 
 
@@ -58,18 +59,19 @@ class DetectionStats:
         Stays on the batch's device with no host synchronisation (the sums move to the CPU only
         in :meth:`compute`).
         """
+        # count_true: bool row counts without widening every entry to int64 (several x faster)
         removed = batch.neg_mask & ~keep
-        n_removed = removed.sum(1).double()
+        n_removed = count_true(removed).double()
         zero = n_removed.new_zeros(())
-        parts = [n_removed.sum(), batch.neg_mask.sum().double()]
+        parts = [n_removed.sum(), count_true(batch.neg_mask).sum().double()]
         same = batch.same_label_mask()
         known = batch.known_label_mask()
         if same is None or known is None:
             parts += [zero] * 7
         else:
-            hits = (removed & same).sum(1).double()
-            n_same = same.sum(1).double()
-            n_removed_known = (removed & known).sum(1).double()
+            hits = count_true(removed & same).double()
+            n_same = count_true(same).double()
+            n_removed_known = count_true(removed & known).double()
             parts += [
                 (hits / n_removed_known.clamp_min(1)).sum(),  # rows with nothing removed add 0
                 (n_removed_known > 0).sum().double(),
@@ -77,7 +79,7 @@ class DetectionStats:
                 (n_same > 0).sum().double(),
                 n_same.sum(),
                 hits.sum(),
-                known.sum().double(),
+                count_true(known).sum().double(),
             ]
         if self._sums.device != n_removed.device:
             self._sums = self._sums.to(n_removed.device)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from debiascl.negatives.base import ScheduledDetector
+from debiascl.negatives.context import StepContext
 from debiascl.negatives.thresholds import batch_quantile
-from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
 
 

@@ -29,13 +29,13 @@ from torch import nn
 
 from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
+from debiascl.negatives.context import StepContext
 from debiascl.negatives.thresholds import (
     adam_threshold_step,
     batch_quantile,
     sgd_threshold_step,
     threshold_gradient,
 )
-from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import AnchorGroups, anchor_groups, direction_names
 from debiascl.state.sharded import Sharding, make_table

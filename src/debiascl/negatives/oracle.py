@@ -10,7 +10,7 @@ import torch
 
 from debiascl.errors import DataError
 from debiascl.negatives.base import ScheduledDetector
-from debiascl.objectives.context import StepContext
+from debiascl.negatives.context import StepContext
 from debiascl.pairs import PairwiseBatch
 
 

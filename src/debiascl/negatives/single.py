@@ -12,6 +12,7 @@ from torch import nn
 
 from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
+from debiascl.negatives.context import StepContext
 from debiascl.negatives.glofnd import LAMBDA_COLUMNS, LAMBDA_DEFAULTS
 from debiascl.negatives.thresholds import (
     adam_threshold_step,
@@ -19,7 +20,6 @@ from debiascl.negatives.thresholds import (
     sgd_threshold_step,
     threshold_gradient,
 )
-from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import direction_names
 from debiascl.state.sync import all_reduce_sum_

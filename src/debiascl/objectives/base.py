@@ -6,6 +6,8 @@ state (e.g. SogCLR's per-sample moving averages). A *detector* turns a batch int
 negatives (False = declared false negative, removed from the denominator) and owns its own state
 (e.g. GloFND's per-sample thresholds). Both are ``nn.Module`` so their tables travel in
 ``state_dict`` and checkpoints.
+
+The detector interface lives in :mod:`debiascl.negatives.detector` (re-exported here).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import torch
 from torch import nn
 
 from debiascl.errors import ConfigError
-from debiascl.negatives.thresholds import count_true
-from debiascl.objectives.context import StepContext
+from debiascl.negatives.context import StepContext
+from debiascl.negatives.detector import FalseNegativeDetector, NoDetector, keep_at_least_one
 from debiascl.objectives.scale import LogitScale
 from debiascl.pairs import PairwiseBatch
 
@@ -87,44 +89,11 @@ class PairLoss(nn.Module):
         raise NotImplementedError
 
 
-class FalseNegativeDetector(nn.Module):
-    """Base class: keep-mask over the negatives of one direction of a contrastive batch.
-
-    ``forward`` returns an (A, M) bool tensor; True keeps the candidate in the anchor's
-    denominator. Entries outside ``batch.neg_mask`` are ignored by the losses. Detectors may update
-    their state when ``ctx.training`` is True and must do so under ``torch.no_grad`` on detached
-    float32 similarities.
-    """
-
-    def forward(self, batch: PairwiseBatch, ctx: StepContext) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class NoDetector(FalseNegativeDetector):
-    """Keeps every negative (plain contrastive learning)."""
-
-    def forward(self, batch: PairwiseBatch, ctx: StepContext) -> torch.Tensor:
-        return torch.ones_like(batch.neg_mask)
-
-
-def keep_at_least_one(keep: torch.Tensor, batch: PairwiseBatch) -> torch.Tensor:
-    """Guarantee one kept negative per anchor.
-
-    Rows that would keep no valid negative keep their least similar one instead (the candidate
-    least likely to be a false negative), so every denominator stays defined.
-
-    Args:
-        keep: (A, M) bool keep-mask.
-        batch: the batch the mask belongs to.
-
-    Returns:
-        (A, M) bool mask, equal to ``keep`` on rows that already keep a negative.
-    """
-    empty = count_true(keep & batch.neg_mask) == 0  # faster than a bool any() on CPU
-    if not bool(empty.any()):
-        return keep
-    sim = batch.sim.detach().float().masked_fill(~batch.neg_mask, float("inf"))
-    least = sim.argmin(dim=1)
-    rescue = torch.zeros_like(keep)
-    rescue[torch.arange(keep.shape[0], device=keep.device), least] = True
-    return keep | (rescue & empty[:, None])
+__all__ = [
+    "FalseNegativeDetector",
+    "LossTerms",
+    "NoDetector",
+    "PairLoss",
+    "StepContext",
+    "keep_at_least_one",
+]

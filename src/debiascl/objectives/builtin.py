@@ -1,20 +1,19 @@
-"""Registrations of the plain InfoNCE loss and the no-op detector."""
+"""Registrations of the losses (``loss.name`` in the config).
+
+Each entry is a class or factory taking plain, typed arguments; :mod:`debiascl.compose` passes
+it the ``loss`` settings its signature names plus the run's ``num_samples``, ``mode``,
+``directions``, ``texts``, ``labels`` and ``output_dir``.
+"""
 
 from __future__ import annotations
 
-from debiascl.config.schema import RunConfig
-from debiascl.data.info import DatasetInfo
-from debiascl.objectives.base import NoDetector
+from debiascl.objectives.debiased_loss import make_dcl, make_hcl, make_ssd
 from debiascl.objectives.infonce_loss import InfoNCELoss
-from debiascl.registry import DETECTORS, LOSSES
+from debiascl.objectives.sogclr_loss import GlobalContrastiveLoss
+from debiascl.registry import LOSSES
 
-
-@LOSSES.register("infonce")
-def build_infonce(cfg: RunConfig, info: DatasetInfo) -> InfoNCELoss:
-    lc = cfg.loss
-    return InfoNCELoss(lc.temperature, lc.learn_temperature, lc.max_logit_scale)
-
-
-@DETECTORS.register("none")
-def build_none(cfg: RunConfig, info: DatasetInfo) -> NoDetector:
-    return NoDetector()
+LOSSES.register("infonce")(InfoNCELoss)
+LOSSES.register("sogclr")(GlobalContrastiveLoss)
+LOSSES.register("dcl")(make_dcl)
+LOSSES.register("hcl")(make_hcl)
+LOSSES.register("ssd")(make_ssd)

@@ -1,8 +1,7 @@
 """DCL / HCL / SSD as a :class:`PairLoss`, with eta constant or one value per sample id.
 
 The maths is :func:`debiascl.losses.debiased.debiased_info_nce`; this module owns the eta table
-(an (N,) buffer indexed by ``batch.anchor_ids``) and the registry builders ``dcl``, ``hcl`` and
-``ssd``.
+(an (N,) buffer indexed by ``batch.anchor_ids``) and the factories of ``dcl``, ``hcl`` and ``ssd``.
 
 For image-text data the table is indexed by the pair id, so a pair's eta (that of its text in SSD)
 applies to its image anchor (image -> text) and its text anchor (text -> image); ``eta_directions``
@@ -13,22 +12,20 @@ N counts only the kept ones.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
 import torch
 
 from debiascl import distributed as dist_utils
-from debiascl.config.schema import RunConfig
-from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError, DataError, check
 from debiascl.eta.sources import EtaSpec, build_eta_table
 from debiascl.eta.summary import eta_summary
 from debiascl.losses.debiased import check_eta, debiased_info_nce
+from debiascl.negatives.context import StepContext
 from debiascl.objectives.base import LossTerms, PairLoss
-from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
-from debiascl.registry import LOSSES
 
 log = logging.getLogger(__name__)
 
@@ -203,32 +200,50 @@ def _resolve_device(name: str) -> str:
     return name
 
 
-def eta_spec_from_config(cfg: RunConfig, source: str) -> EtaSpec:
-    """The :class:`EtaSpec` described by ``cfg.loss`` for an explicit ``source``."""
-    lc = cfg.loss
-    cache_dir = lc.eta_cache_dir if lc.eta_cache_dir is not None else f"{cfg.output_dir}/eta_cache"
-    return EtaSpec(
-        source=source,
-        eta=lc.eta,
-        a=lc.ssd_a,
-        k=lc.ssd_k,
-        mlm_path=lc.mlm_path,
-        mlm_batch_size=lc.mlm_batch_size,
-        mlm_max_length=lc.mlm_max_length,
-        mlm_device=_resolve_device(lc.mlm_device),
-        ngram_order=lc.corpus_lm_order,
-        cache_dir=cache_dir,
-        cache_readonly=lc.eta_cache_readonly,
-    )
+def make_debiased(
+    method: str,
+    *,
+    mode: str,
+    num_samples: int,
+    texts: Sequence[str | None] | None = None,
+    labels: torch.Tensor | None = None,
+    eta: float = 0.1,
+    beta: float = 0.0,
+    eta_source: str = "auto",
+    eta_directions: str = "both",
+    temperature: float | None = None,
+    ssd_a: float = 0.2,
+    ssd_k: float = 0.35,
+    mlm_path: str | None = None,
+    mlm_batch_size: int = 32,
+    mlm_max_length: int = 128,
+    mlm_device: str = "auto",
+    corpus_lm_order: int = 2,
+    eta_cache_dir: str | None = None,
+    eta_cache_readonly: bool = False,
+    output_dir: str = ".",
+) -> DebiasedLoss:
+    """DCL / HCL / SSD (``method``) with a constant or per-sample eta.
 
+    Args:
+        mode, num_samples, texts, labels: the data (texts and labels feed per-sample eta sources).
+        eta, beta: constant false-negative rate tau+ and HCL hardness (0 for dcl).
+        eta_source: ``auto`` (constant for dcl/hcl, ssd_mlm for ssd), ``constant``, ``ssd_mlm``,
+            ``corpus_lm`` or ``class_frequency`` (see :mod:`debiascl.eta.sources`).
+        eta_directions: ``both``, ``image_to_text`` or ``text_to_image`` (image_text only).
+        temperature: the fixed temperature t the loss owns.
+        ssd_a, ssd_k, mlm_*, corpus_lm_order, eta_cache_dir, eta_cache_readonly: the per-sample
+            eta table (SSD eta = a * p_LM(text)^k); the cache defaults to ``output_dir/eta_cache``.
 
-def _build(cfg: RunConfig, info: DatasetInfo, method: str) -> DebiasedLoss:
-    lc = cfg.loss
-    if method == "dcl" and lc.beta != 0:
+    Raises:
+        ConfigError: ``beta`` for dcl, a constant source for ssd, ``eta_directions`` on
+            image_image data, or an eta source the data cannot feed.
+    """
+    if method == "dcl" and beta != 0:
         raise ConfigError(
-            f"loss.beta={lc.beta} is HCL's hardness but loss.name=dcl; use loss.name=hcl or beta=0"
+            f"loss.beta={beta} is HCL's hardness but loss.name=dcl; use loss.name=hcl or beta=0"
         )
-    source = lc.eta_source
+    source = eta_source
     if source == "auto":
         source = "ssd_mlm" if method == "ssd" else "constant"
     if method == "ssd" and source == "constant":
@@ -236,54 +251,54 @@ def _build(cfg: RunConfig, info: DatasetInfo, method: str) -> DebiasedLoss:
             "loss.name=ssd needs a per-sample eta; set loss.eta_source to ssd_mlm, corpus_lm or "
             "class_frequency (or use loss.name=dcl for a constant eta)"
         )
-    if cfg.data.mode == "image_image" and lc.eta_directions != "both":
+    if mode == "image_image" and eta_directions != "both":
         raise ConfigError(
             "loss.eta_directions applies to image_text data only; leave it at 'both' for "
             "image_image"
         )
-    directions = _DIRECTION_NAMES[lc.eta_directions]
+    directions = _DIRECTION_NAMES[eta_directions]
     if source == "constant":
-        return DebiasedLoss(
-            eta=lc.eta, beta=lc.beta, eta_directions=directions, temperature=lc.temperature
-        )
+        return DebiasedLoss(eta=eta, beta=beta, eta_directions=directions, temperature=temperature)
 
-    spec = eta_spec_from_config(cfg, source)
+    spec = EtaSpec(
+        source=source,
+        eta=eta,
+        a=ssd_a,
+        k=ssd_k,
+        mlm_path=mlm_path,
+        mlm_batch_size=mlm_batch_size,
+        mlm_max_length=mlm_max_length,
+        mlm_device=_resolve_device(mlm_device),
+        ngram_order=corpus_lm_order,
+        cache_dir=eta_cache_dir if eta_cache_dir is not None else f"{output_dir}/eta_cache",
+        cache_readonly=eta_cache_readonly,
+    )
     # Rank 0 scores the texts (possibly minutes with a masked LM) and every rank gets its table.
     table: torch.Tensor | None = None
     if dist_utils.is_main_process():
         spec.progress = True
-        table = build_eta_table(spec, info.num_samples, texts=info.texts, labels=info.labels)
+        table = build_eta_table(spec, num_samples, texts=texts, labels=labels)
     table = dist_utils.broadcast_object(table)
     assert isinstance(table, torch.Tensor)
     loss = DebiasedLoss(
         eta=table,
-        beta=lc.beta,
-        num_samples=info.num_samples,
+        beta=beta,
+        num_samples=num_samples,
         eta_directions=directions,
-        temperature=lc.temperature,
+        temperature=temperature,
     )
     # Every rank holds the same table, so every rank can summarise it (logged on rank 0 only).
     loss.eta_report = {
         "source": source,
         "method": method,
-        **eta_summary(table, info.texts, labels=info.labels, log_it=dist_utils.is_main_process()),
+        **eta_summary(table, texts, labels=labels, log_it=dist_utils.is_main_process()),
     }
     return loss
 
 
-@LOSSES.register("dcl")
-def build_dcl(cfg: RunConfig, info: DatasetInfo) -> DebiasedLoss:
-    """DCL (Chuang et al. 2020): eta from ``loss.eta`` (or a per-sample source), beta = 0."""
-    return _build(cfg, info, "dcl")
-
-
-@LOSSES.register("hcl")
-def build_hcl(cfg: RunConfig, info: DatasetInfo) -> DebiasedLoss:
-    """HCL (Robinson et al. 2021): DCL with hardness ``loss.beta``."""
-    return _build(cfg, info, "hcl")
-
-
-@LOSSES.register("ssd")
-def build_ssd(cfg: RunConfig, info: DatasetInfo) -> DebiasedLoss:
-    """SSD (Wang et al. 2023): per-sample eta = a * p_LM(text)^k (``loss.eta_source``)."""
-    return _build(cfg, info, "ssd")
+#: DCL (Chuang et al. 2020): eta constant or per sample, beta = 0.
+make_dcl = functools.partial(make_debiased, "dcl")
+#: HCL (Robinson et al. 2021): DCL with hardness ``beta``.
+make_hcl = functools.partial(make_debiased, "hcl")
+#: SSD (Wang et al. 2023): per-sample eta = a * p_LM(text)^k (``eta_source``).
+make_ssd = functools.partial(make_debiased, "ssd")

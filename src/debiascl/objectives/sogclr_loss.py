@@ -14,21 +14,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from debiascl.config.schema import RunConfig
-from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError
 from debiascl.losses.global_contrastive import (
     cosine_gamma,
-    masked_log_mean_exp,
+    masked_exp,
     moving_average_log_u,
     sogclr_objective,
-    sogclr_surrogate,
+    sogclr_surrogate_from_exp,
 )
+from debiascl.negatives.context import StepContext
+from debiascl.negatives.thresholds import count_true
 from debiascl.objectives.base import LossTerms, PairLoss
-from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
-from debiascl.registry import LOSSES
 from debiascl.state.groups import anchor_groups, direction_names
+from debiascl.state.sharded import Sharding, make_table
 from debiascl.state.tables import Placement, SampleTable
 
 U_COLUMNS = ("log_u", "visits")
@@ -47,6 +46,8 @@ class GlobalContrastiveLoss(PairLoss):
         directions: image_text directions to allocate tables for (default both).
         relative: use logits relative to the positive (default: True for image_text only).
         placement: table placement, ``"device"`` or ``"cpu"``.
+        sharding: ``"replicated"`` (every rank holds all N rows) or ``"sharded"`` (each rank
+            holds N / world_size; see :mod:`debiascl.state.sharded`).
         temperature: the fixed temperature t this loss owns (logit scale 1 / t); ``None``: the
             caller passes ``logit_scale``. SogCLR's u tables are moving averages at one scale, so
             the temperature is never learned here.
@@ -65,6 +66,7 @@ class GlobalContrastiveLoss(PairLoss):
         directions: tuple[str, ...] | None = None,
         relative: bool | None = None,
         placement: Placement = "device",
+        sharding: Sharding = "replicated",
         temperature: float | None = None,
     ) -> None:
         super().__init__(temperature)
@@ -81,7 +83,7 @@ class GlobalContrastiveLoss(PairLoss):
         self.relative = (mode == "image_text") if relative is None else bool(relative)
         self.tables = nn.ModuleDict(
             {
-                name: SampleTable(num_samples, U_COLUMNS, [0.0, 0.0], placement=placement)
+                name: make_table(num_samples, U_COLUMNS, [0.0, 0.0], placement, sharding)
                 for name in direction_names(mode, directions)
             }
         )
@@ -116,13 +118,17 @@ class GlobalContrastiveLoss(PairLoss):
             ctx: training position (``progress`` drives the cosine gamma schedule).
         """
         table = self.table(batch.name)
-        logits = batch.sim.float() * logit_scale
-        pos = logits.gather(1, batch.pos_index[:, None])[:, 0]
+        scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=batch.sim.device)
         mask = batch.neg_mask & keep
         gamma = self.gamma_at(ctx.progress)
         with torch.no_grad():
-            x = (logits - pos[:, None]) if self.relative else logits
-            log_g = masked_log_mean_exp(x.detach(), mask)
+            # One fused pass for the masked exponentials, reused by log g and the surrogate.
+            e, shift, total = masked_exp(batch.sim, scale, mask)
+            count = count_true(mask)
+            pos = batch.sim.detach().float().gather(1, batch.pos_index[:, None])[:, 0] * scale
+            if self.relative:  # x = l - l_pos shares e; only the shift moves
+                shift = shift - pos
+            log_g = shift + torch.log(total) - torch.log(count.to(torch.float32))
             groups = anchor_groups(batch)
             rows = table.read(groups.ids)
             visits = rows[:, 1]
@@ -131,23 +137,8 @@ class GlobalContrastiveLoss(PairLoss):
             if ctx.training:
                 new = torch.stack([groups.pool_logmeanexp(log_u), visits + 1], dim=1)
                 table.write(groups.ids, new)
-        loss = sogclr_surrogate(logits, pos, mask, log_u, relative=self.relative)
-        objective = sogclr_objective(pos.detach(), log_u, relative=self.relative)
+        loss = sogclr_surrogate_from_exp(
+            batch.sim, scale, e, total, shift, count, log_u, batch.pos_index, self.relative
+        )
+        objective = sogclr_objective(pos, log_u, relative=self.relative)
         return LossTerms(loss=loss, objective=objective, logs={"gamma": gamma})
-
-
-@LOSSES.register("sogclr")
-def build_sogclr(cfg: RunConfig, info: DatasetInfo) -> GlobalContrastiveLoss:
-    directions = None
-    if cfg.data.mode == "image_text" and cfg.loss.directions != "both":
-        directions = (cfg.loss.directions,)
-    return GlobalContrastiveLoss(
-        num_samples=info.num_samples,
-        mode=cfg.data.mode,
-        gamma=cfg.loss.gamma,
-        gamma_schedule=cfg.loss.gamma_schedule,
-        gamma_min=cfg.loss.gamma_min,
-        directions=directions,
-        placement=cfg.loss.table_placement,
-        temperature=cfg.loss.temperature,
-    )

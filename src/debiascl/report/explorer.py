@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from debiascl.atomic import atomic_write_text
 from debiascl.errors import DataError
 from debiascl.negatives.removed_pairs import FILE_NAME, read_removed_pairs, records_to_csv
 from debiascl.report.html import page
-from debiascl.train.atomic import atomic_write_text
 
 EXPORT_COLUMNS = (
     "rank",
@@ -63,7 +63,7 @@ class SampleLookup:
     """Image, text and class of a training sample by its id, from the run's rebuilt data."""
 
     def __init__(self, run_dir: Path) -> None:
-        from debiascl.data.build import build_data
+        from debiascl.compose import build_data
         from debiascl.config import load_config
 
         cfg = load_config(str(run_dir / "config.yaml"), ["checkpoint.resume=null"])

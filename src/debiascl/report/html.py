@@ -15,13 +15,13 @@ from html import escape
 from pathlib import Path
 
 from debiascl import __version__
+from debiascl.atomic import atomic_write_text
 from debiascl.errors import DataError
 from debiascl.report import audit_sections as audit
 from debiascl.report import sections as base
 from debiascl.report.plots import require_matplotlib
 from debiascl.report.runs import RunGroup, group_runs, load_run_data, unique_labels
 from debiascl.report.sections import Section
-from debiascl.train.atomic import atomic_write_text
 
 SectionFn = Callable[[Sequence[RunGroup], Sequence[str]], Section]
 SECTIONS: tuple[SectionFn, ...] = (

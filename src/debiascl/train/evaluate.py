@@ -17,9 +17,10 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from debiascl.compose import build_data, build_model
 from debiascl.config.schema import EvalConfig
 from debiascl.data.augment import EvalTransform
-from debiascl.data.build import build_data, make_loader
+from debiascl.data.build import make_loader
 from debiascl.errors import CheckpointError, ConfigError, DataError, TrainingError
 from debiascl.eval.embedding_sample import FILE_NAME as EMBEDDINGS_FILE
 from debiascl.eval.embedding_sample import embedding_sample_bytes
@@ -29,7 +30,6 @@ from debiascl.eval.linear_probe import few_shot_probe, linear_probe, raw_pixel_p
 from debiascl.eval.report import format_table
 from debiascl.eval.retrieval import caption_group_ids, retrieval_eval
 from debiascl.eval.zero_shot import class_embeddings, zero_shot_eval
-from debiascl.models import build_model
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.atomic import atomic_write
 from debiascl.train.fairness_eval import fairness_results

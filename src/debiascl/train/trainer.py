@@ -1,4 +1,4 @@
-"""The training loop: data -> augment -> encode -> objective (+ adversary) -> optimiser step.
+"""The training loop: data -> augment -> encode -> objective (+ fairness terms) -> optimiser step.
 
 Runs on CPU or CUDA, in one process or under ``torchrun`` (DDP; gloo on CPU, NCCL on GPU). The
 run directory receives the resolved config, ``metrics.jsonl``, TensorBoard events, checkpoints and
@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from debiascl import __version__
 from debiascl import distributed as dist_utils
+from debiascl.compose import build_augment, build_data, build_model, build_objective
 from debiascl.config import RunConfig
-from debiascl.data.augment import EvalTransform, build_augment
-from debiascl.data.build import DataBundle, build_data, make_loader
+from debiascl.data.augment import EvalTransform
+from debiascl.data.build import DataBundle, make_loader
 from debiascl.errors import CheckpointError, ConfigError, DataError, TrainingError
-from debiascl.methods import build_objective
-from debiascl.models import build_model
+from debiascl.fairness_build import build_fairness_terms
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.atomic import atomic_write_text, remove_stale_temp_files
@@ -111,10 +111,11 @@ class Trainer:
         ).to(self.device)
         self.objective: ContrastiveObjective = build_objective(cfg, self.info).to(self.device)
         attach_removed_pairs(self.objective, cfg.train.removed_pairs_sample, cfg.seed)
-        self.adversary = self._build_adversary()
+        # fairness terms (name -> loss term), built by the composition layer; None without terms
+        self.fairness = build_fairness_terms(cfg, self.model, self.device, self.data)
         self.augment: nn.Module = build_augment(cfg.data).to(self.device)
-        self.eval_transform: nn.Module | None = None  # the adversary's clean view, if asked for
-        if self.adversary is not None and cfg.fairness.adversary_view == "clean":
+        self.eval_transform: nn.Module | None = None  # the terms' clean view, if asked for
+        if self.fairness is not None and cfg.fairness.view == "clean":
             self.eval_transform = EvalTransform(self.data.image_size, self.data.channels).to(
                 self.device
             )
@@ -169,14 +170,6 @@ class Trainer:
         self._epoch_t0: float | None = None
         self._lock = RunDirLock(self.run_dir)  # held by rank 0 while fit() runs
 
-    # ----------------------------------------------------------------- adversary hooks
-    def _build_adversary(self) -> Any:
-        if not self.cfg.fairness.enabled:
-            return None
-        from debiascl.fairness.integration import build_adversary
-
-        return build_adversary(self.cfg, self.model, self.device, self.data, own_reversal_step=True)
-
     # ----------------------------------------------------------------- one step
     def _embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         images = batch["image"].to(self.device, non_blocking=True)
@@ -193,7 +186,7 @@ class Trainer:
     def _embed_clean(self, batch: dict[str, Any]) -> torch.Tensor:
         """(b, D) image embedding of the un-augmented batch, in the graph (for the adversary).
 
-        ``fairness.adversary_view=clean``: the adversary should see what evaluation sees (random
+        ``fairness.view=clean``: the fairness terms should see what evaluation sees (random
         crops can cut an attribute such as a border away from the training views). One extra
         forward of the evaluation transform through the same (DDP) model after the contrastive
         one; the text tower's output is discarded (MiniLM caches frozen text).
@@ -217,11 +210,13 @@ class Trainer:
         out = self.objective(a, b, ids, labels, ctx=ctx)  # the loss owns its temperature
         loss = out.loss
         logs = {"loss": float(out.value), **out.logs}
-        if self.adversary is not None:
+        if self.fairness is not None:  # named loss terms, summed and each logged
             clean = self._embed_clean(batch) if self.eval_transform is not None else None
-            adv_loss, adv_logs = self.adversary.training_term(a, b, batch, ctx, clean=clean)
-            loss = loss + adv_loss
-            logs.update(adv_logs)
+            terms, term_logs = self.fairness(a, b, batch, ctx, clean=clean)
+            for name, term in terms.items():
+                loss = loss + term
+                logs[f"loss/{name}"] = float(term.detach())
+            logs.update(term_logs)
         if not torch.isfinite(loss):
             return self._nonfinite(ctx, "loss", logs)
         self.optimizer.zero_grad(set_to_none=True)
@@ -232,19 +227,15 @@ class Trainer:
         # and lowers the scale, so the guard only looks at gradients without a scaler.
         if not self.scaler.is_enabled() and not self._grads_finite():
             self.optimizer.zero_grad(set_to_none=True)
-            if self.adversary is not None:  # nor may the discriminator keep this step's grads
-                self.adversary.zero_grad(set_to_none=True)
+            if self.fairness is not None:  # nor may a discriminator keep this step's grads
+                self.fairness.zero_grad(set_to_none=True)
             return self._nonfinite(ctx, "gradient", logs)
         self.scaler.step(self.optimizer)
         self.objective.clamp_logit_scale_()  # cap the stored value, not the forward (CLIP)
-        if self.adversary is not None:
-            # reversal: D's gradients come from the same scaled backward, so D's optimiser is
-            # unscaled and stepped through the scaler too, before the scale is updated
-            logs.update(
-                self.adversary.after_encoder_step(
-                    a.detach(), b.detach(), batch, ctx, scaler=self.scaler
-                )
-            )
+        if self.fairness is not None:
+            # a discriminator's gradients come from the same scaled backward, so its optimiser
+            # is unscaled and stepped through the scaler too, before the scale is updated
+            self.fairness.after_step(self.scaler)
         self.scaler.update()
         self.scheduler.step()
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -306,8 +297,8 @@ class Trainer:
         total = saved.reshape(-1, saved.shape[-1]).sum(0)
         return total if dist_utils.rank() == 0 else torch.zeros_like(total)
 
-    def _adversary_log_state(self) -> dict[str, Any] | None:
-        return self.adversary.log_state() if self.adversary is not None else None
+    def _fairness_log_state(self) -> dict[str, Any] | None:
+        return self.fairness.log_state() if self.fairness is not None else None
 
     def state_dict(self, detection: torch.Tensor | None = None) -> dict[str, Any]:
         """Everything needed to continue bit-identically from the current step boundary.
@@ -324,7 +315,7 @@ class Trainer:
             "format": ckpt.FORMAT_VERSION,
             "model": self.model.state_dict(),
             "objective": self.objective.state_dict(),
-            "adversary": self.adversary.state_dict() if self.adversary is not None else None,
+            "fairness": self.fairness.state_dict() if self.fairness is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -338,7 +329,7 @@ class Trainer:
                 "nonfinite": self.progress.nonfinite,
                 "seconds": elapsed,
                 "detection": self._stats_state() if detection is None else detection,
-                "adversary_logs": self._adversary_log_state(),
+                "fairness_logs": self._fairness_log_state(),
             },
             "best_loss": self.best_loss,
             "last_record": dict(self.last_record),
@@ -356,8 +347,13 @@ class Trainer:
             )
             self.model.load_state_dict(model_state)
             self.objective.load_state_dict(objective_state)
-            if self.adversary is not None and state.get("adversary") is not None:
-                self.adversary.load_state_dict(state["adversary"])
+            if state.get("adversary") is not None:
+                raise CheckpointError(
+                    "the checkpoint holds the pre-terms adversary (before fairness.terms, issue "
+                    "11); its run cannot be resumed with this version, train it again"
+                )
+            if self.fairness is not None and state.get("fairness") is not None:
+                self.fairness.load_state_dict(state["fairness"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
@@ -384,18 +380,15 @@ class Trainer:
         saved_sums = prog.get("detection")
         if saved_sums is not None:
             self.objective.stats.load_state(self._local_stats(saved_sums))
-        adv_logs = prog.get("adversary_logs")
-        if adv_logs is not None and self.adversary is not None:
-            self.adversary.load_log_state(adv_logs)
+        term_logs = prog.get("fairness_logs")
+        if term_logs is not None and self.fairness is not None:
+            self.fairness.load_log_state(term_logs)
         self.best_loss = float(state.get("best_loss", math.inf))
         self.last_record = dict(state.get("last_record") or {})
         ckpt.restore_rng(state["rng"])
         self._loader_rng = state["rng"].get("loader")
         if self._loader_rng is not None and getattr(self.train_loader, "generator", None):
             self.train_loader.generator.set_state(self._loader_rng)
-        reset = getattr(self.objective.detector, "reset_thresholds", None)
-        if self.cfg.negatives.reset_on_resume and callable(reset):
-            reset()
 
     def save(self, is_best: bool = False) -> Path | None:
         """Checkpoint the current step boundary (rank 0 writes; every rank learns of failure)."""
@@ -711,7 +704,7 @@ class Trainer:
                 step=self.state.step,
                 training=True,
                 progress=self.state.step / max(1, self.total_steps),
-                # schedules in epochs (the adversary's warm-up/ramp) move every step
+                # schedules in epochs (fairness terms' warm-up/ramp) move every step
                 fractional_epoch=epoch + (self.state.batch - 1) / self.steps_per_epoch,
             )
             logs = self._guarded_step(batch, ctx)
@@ -751,8 +744,8 @@ class Trainer:
             record["nonfinite_skipped_steps"] = progress.nonfinite
         record.update({f"negatives/{k}": v for k, v in self.objective.epoch_diagnostics().items()})
         save_removed_pairs(self.objective.removed_pairs, self.run_dir)  # every rank: gathers
-        if self.adversary is not None:
-            record.update(self.adversary.epoch_logs())
+        if self.fairness is not None:
+            record.update(self.fairness.epoch_logs())
         return record
 
     def _no_readable_batch(self, epoch: int, batches: int) -> None:

@@ -1,0 +1,79 @@
+"""The ``data`` section: what to train and evaluate on."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from debiascl.config.sections.base import Section
+
+
+class DataConfig(Section):
+    """What to train and evaluate on (built in ``debiascl.compose.build_data``)."""
+
+    dataset: str = Field(
+        "fashion_mnist",
+        description="a name registered in debiascl.registry.DATASETS (built-in: fashion_mnist, "
+        "digits, manifest, image_folder, synthetic_attr); checked when the data is built",
+    )
+    mode: Literal["image_image", "image_text"] = "image_image"
+    root: str | None = Field(
+        None,
+        description="data directory: Fashion-MNIST IDX folder (default the Debian location) or "
+        "the image_folder root (with train/ and test/ subfolders, or class folders directly)",
+    )
+    manifest: str | None = Field(None, description="CSV/Parquet manifest for dataset=manifest")
+    test_manifest: str | None = Field(None, description="test manifest (vocabularies from train)")
+    image_column: str = "path"
+    text_column: str = Field("text", description="caption/report column (image_text mode)")
+    label_column: str | None = Field("label", description="class column; null if unlabelled")
+    attribute_columns: list[str] = Field(default_factory=list)
+    id_column: str | None = Field(None, description="sample-id column (default: row order)")
+    train_size: int | None = Field(
+        None, ge=1, description="use a seeded class-stratified subset of N training samples"
+    )
+    test_size: int | None = Field(
+        None, ge=1, description="use a seeded class-stratified subset of N test samples"
+    )
+    subset_seed: int | None = Field(
+        None,
+        description="seed of the train_size/test_size subsets (default: the run seed for the "
+        "training subset and 0 for the test subset, so every run is tested on the same samples)",
+    )
+    subsample_classes: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list,
+        description="controlled imbalance: training classes to keep only a fraction of (after "
+        "train_size; the test split is untouched)",
+    )
+    subsample_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of each subsample_classes class kept (seeded)"
+    )
+    image_size: int = Field(28, ge=8)
+    channels: Literal[1, 3] = 1
+    caption_templates: Literal["default", "single", "skewed"] = "default"
+    num_workers: int = Field(0, ge=0)
+    augment: Literal["simclr", "light", "none"] | None = Field(
+        None,
+        description="augmentation strength (default simclr for image_image, light for image_text)",
+    )
+    blur: bool = Field(False, description="add random Gaussian blur to the simclr augmentation")
+    on_bad_image: Literal["error", "skip"] = "error"
+    # dataset=synthetic_attr (SYNTHETIC attribute on Fashion-MNIST, debiascl.data.synthetic_attr)
+    synthetic_correlation: float = Field(
+        0.9, ge=0, le=1, description="synthetic_attr: P(mark | even class) in the training split"
+    )
+    synthetic_test_correlation: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="synthetic_attr: the same for the test split (0.5: independent)",
+    )
+    synthetic_style: Literal["border", "tint"] = Field(
+        "border", description="synthetic_attr: how the mark is drawn (bright frame or tint)"
+    )
+    high_bit_scaling: Literal["dtype", "minmax"] = Field(
+        "dtype",
+        description="how 16-bit images become 8-bit: divide by the type's range, or per-image "
+        "min-max (for 12-bit values stored in 16 bits)",
+    )

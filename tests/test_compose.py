@@ -1,0 +1,56 @@
+"""The composition layer: every setting reaches a component, each component sees only its own
+section, and ``loss.directions`` is decoded once for the objective, the loss and the detector."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from debiascl.compose import build_objective, detector_options, loss_options, run_facts
+from debiascl.config import load_config
+from debiascl.config.schema import LossConfig, ModelConfig, NegativesConfig
+from debiascl.data.info import DatasetInfo
+from debiascl.models.build import create_model
+from debiascl.registry import DETECTORS, LOSSES, Registry
+
+RENAMED = {"table_placement": "placement", "table_sharding": "sharding"}
+
+
+def _parameters(registry: Registry) -> set[str]:
+    return {p for n in registry.names() for p in inspect.signature(registry.get(n)).parameters}
+
+
+@pytest.mark.parametrize(
+    ("section", "registry"), [(LossConfig, LOSSES), (NegativesConfig, DETECTORS)]
+)
+def test_every_setting_reaches_a_registered_component(section, registry) -> None:
+    # components are built by matching argument names: a setting no entry names would be dead
+    wanted = {RENAMED.get(k, k) for k in section.model_fields} - {"name"}
+    assert not wanted - _parameters(registry)
+
+
+def test_every_model_setting_reaches_the_model() -> None:
+    assert not set(ModelConfig.model_fields) - set(inspect.signature(create_model).parameters)
+
+
+def test_the_detector_never_sees_the_loss_section() -> None:
+    cfg = load_config("fmnist_clip_glofnd")
+    info = DatasetInfo(num_samples=10)
+    offered = set(detector_options(cfg, info))
+    own = {RENAMED.get(k, k) for k in NegativesConfig.model_fields} - {"name"}
+    assert offered == own | set(run_facts(cfg, info))
+    loss_only = {RENAMED.get(k, k) for k in LossConfig.model_fields} - own - {"directions", "name"}
+    assert loss_only <= set(loss_options(cfg, info)) and not loss_only & offered
+
+
+@pytest.mark.parametrize("direction", ["image_to_text", "text_to_image"])
+def test_directions_reach_objective_loss_and_detector(direction: str) -> None:
+    cfg = load_config("fmnist_clip_glofnd", ["loss.name=sogclr", f"loss.directions={direction}"])
+    objective = build_objective(cfg, DatasetInfo(num_samples=16))
+    assert list(objective.loss_fn.tables) == [direction]
+    assert list(objective.detector.tables) == [direction]
+    a = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    out = objective(a, a.roll(1, 0), torch.arange(8))
+    assert set(out.keep_masks) == {direction}
