@@ -1,5 +1,8 @@
 """Chest X-ray manifests: CheXpert Plus and MIMIC-CXR-JPG layouts, reports, balanced test sets.
 
+Field normalisation (reports, demographics, labels) is in :mod:`debiascl.data.medical_fields`,
+the balanced test set in :mod:`debiascl.data.medical_balance`; both are re-exported here.
+
 The loaders turn the public releases' tables into one **normalised manifest** (a pandas
 DataFrame, written with :func:`write_manifest`) that
 :class:`debiascl.data.manifest.ManifestDataset` reads:
@@ -27,165 +30,47 @@ credentialed access for MIMIC); the tests build small fixtures in the same layou
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
-from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from debiascl.data.manifest import read_table
+from debiascl.data.medical_balance import balanced_test_set
+from debiascl.data.medical_fields import (
+    AGE_BINS,
+    CHEXPERT_5X200,
+    CHEXPERT_FINDINGS,
+    Policy,
+    age_group,
+    extract_sections,
+    label_codes,
+    normalise_race,
+    normalise_sex,
+    report_text,
+)
 from debiascl.errors import DataError
 
-CHEXPERT_FINDINGS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-#: The five findings of the CheXpert 5x200 zero-shot benchmark (Huang et al., GLoRIA, ICCV 2021).
-CHEXPERT_5X200: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Pleural Effusion",
-)
-AGE_BINS: tuple[float, ...] = (40.0, 60.0, 80.0)
-Policy = Literal["ignore", "zeros", "ones"]
-
-# ----------------------------------------------------------------------------- reports
-_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z /&()-]{2,40}):", re.MULTILINE)
-
-
-def extract_sections(report: str) -> dict[str, str]:
-    """Split a radiology report into its sections by upper-case ``HEADER:`` lines.
-
-    Returns lower-case section names -> text (whitespace collapsed); text before the first
-    header is under ``"preamble"``. ``"FINAL REPORT"`` style banners without a colon are kept
-    in the preceding section.
-    """
-    if not isinstance(report, str):
-        return {}
-    out: dict[str, str] = {}
-    matches = list(_HEADER.finditer(report))
-    start = matches[0].start() if matches else len(report)
-    pre = " ".join(report[:start].split())
-    if pre:
-        out["preamble"] = pre
-    for m, nxt in zip(matches, [*matches[1:], None], strict=False):
-        name = " ".join(m.group(1).lower().split())
-        body = " ".join(report[m.end() : nxt.start() if nxt else len(report)].split())
-        out[name] = f"{out[name]} {body}".strip() if name in out else body
-    return out
-
-
-def report_text(
-    report: str, sections: Sequence[str] = ("findings", "impression"), fallback: bool = True
-) -> str:
-    """The named sections of a report joined in order (``"FINDINGS: ... IMPRESSION: ..."``).
-
-    Without any of them, the whole report (whitespace collapsed) if ``fallback``, else "".
-    """
-    found = extract_sections(report)
-    parts = [f"{s.upper()}: {found[s]}" for s in sections if found.get(s)]
-    if parts:
-        return " ".join(parts)
-    return " ".join(str(report).split()) if fallback and isinstance(report, str) else ""
-
-
-# ----------------------------------------------------------------------------- demographics
-def normalise_sex(value: object) -> str | None:
-    """``"F"``/``"M"`` from F, Female, FEMALE, M, Male...; None otherwise."""
-    if not isinstance(value, str):
-        return None
-    v = value.strip().lower()
-    if v in ("f", "female", "woman"):
-        return "F"
-    if v in ("m", "male", "man"):
-        return "M"
-    return None
-
-
-_RACE_MISSING = ("unknown", "unable", "declined", "not specified", "patient refused", "other/unk")
-
-
-def normalise_race(value: object, ethnicity: object = None) -> str | None:
-    """Coarse race/ethnicity group from MIMIC-IV ``race`` or CheXpert ``race`` + ``ethnicity``.
-
-    Hispanic/Latino (in either field) takes precedence, as in MIMIC-IV's combined coding; unknown,
-    declined or unable-to-obtain values are missing (None).
-    """
-    texts = [str(v).strip().lower() for v in (value, ethnicity) if isinstance(v, str)]
-    if any(
-        ("hispanic" in t or "latino" in t) and "non-hispanic" not in t and "not hispanic" not in t
-        for t in texts
-    ):
-        return "Hispanic/Latino"
-    if not isinstance(value, str) or not value.strip():
-        return None
-    v = value.strip().lower()
-    if any(k in v for k in _RACE_MISSING):
-        return None
-    if "white" in v:
-        return "White"
-    if "black" in v or "african" in v:
-        return "Black"
-    if "asian" in v:
-        return "Asian"
-    return "Other"
-
-
-def age_group(age: object, bins: Sequence[float] = AGE_BINS) -> str | None:
-    """``"<40"``, ``"40-59"``, ``"60-79"``, ``"80+"`` (for the default bins); None if unknown."""
-    try:
-        a = float(age)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if not np.isfinite(a) or a < 0:
-        return None
-    edges = list(bins)
-    if a < edges[0]:
-        return f"<{edges[0]:g}"
-    for lo, hi in pairwise(edges):
-        if a < hi:
-            return f"{lo:g}-{hi - 1:g}"
-    return f"{edges[-1]:g}+"
-
-
-def label_codes(values: Any, uncertain: Policy = "ignore", blank: Policy = "zeros") -> np.ndarray:
-    """CheXpert-labeler values (1, 0, -1, blank) -> int64 codes 1 / 0 / -1 (ignored).
-
-    Args:
-        uncertain: what -1 becomes: ``"ignore"`` (-1), ``"zeros"`` (U-Zeros) or ``"ones"``
-            (U-Ones; Irvin et al., CheXpert, AAAI 2019).
-        blank: what a blank (not mentioned) becomes; ``"zeros"`` is the usual choice.
-    """
-    import pandas as pd
-
-    x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isnan(x) & ~np.isin(x, (1.0, 0.0, -1.0))
-    if bad.any():
-        raise DataError(
-            f"finding labels must be 1, 0, -1 or blank; found {sorted(set(x[bad].tolist()))[:5]}"
-        )
-    to = {"ignore": -1, "zeros": 0, "ones": 1}
-    out = np.where(x == 1.0, 1, 0).astype(np.int64)
-    out[x == -1.0] = to[uncertain]
-    out[np.isnan(x)] = to[blank]
-    return out
+__all__ = [
+    "AGE_BINS",
+    "CHEXPERT_5X200",
+    "CHEXPERT_FINDINGS",
+    "Policy",
+    "age_group",
+    "balanced_test_set",
+    "extract_sections",
+    "label_codes",
+    "load_chexpert_plus",
+    "load_mimic_cxr",
+    "main",
+    "mimic_image_path",
+    "normalise_race",
+    "normalise_sex",
+    "report_text",
+    "write_manifest",
+]
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -446,108 +331,6 @@ def write_manifest(df: Any, path: str | Path) -> Path:
     else:
         raise DataError(f"manifest {path} must end in .csv or .parquet")
     return path
-
-
-# ----------------------------------------------------------------------------- balanced test set
-def balanced_test_set(
-    df: Any,
-    findings: Sequence[str] = CHEXPERT_5X200,
-    group_columns: Sequence[str] = ("sex",),
-    n_per_finding: int = 200,
-    *,
-    exclusive: bool = True,
-    seed: int = 0,
-    label_column: str = "label",
-) -> tuple[Any, dict[str, Any]]:
-    """A demographically balanced multi-class test set (the CheXpert 5x200 convention).
-
-    For each finding, ``n_per_finding`` images positive for it, split equally over the groups
-    (the combinations of ``group_columns``; the remainder goes to the first groups in sorted
-    order). With ``exclusive`` an image qualifies only if it is positive for exactly one of
-    ``findings`` (so the label is unambiguous); images are never reused across findings. Rows
-    with a missing group value are not eligible. Sampling is seeded.
-
-    Returns:
-        (the selected rows with ``label_column`` = the finding name and ``group`` = the
-        intersectional group, a summary ``{"counts": {finding: {group: n}}, "groups", ...}``).
-
-    Raises:
-        DataError: when some (finding, group) cell has fewer eligible images than its quota; the
-            message lists the shortfalls so a smaller ``n_per_finding`` can be chosen.
-    """
-    import pandas as pd
-
-    absent = [c for c in [*findings, *group_columns] if c not in df.columns]
-    if absent:
-        raise DataError(
-            f"the manifest lacks columns {absent}; add them or choose other findings/groups"
-        )
-    if n_per_finding < 1:
-        raise DataError(f"n_per_finding must be >= 1, got {n_per_finding}")
-    known = df[list(group_columns)].notna().all(axis=1)
-    for c in group_columns:
-        known &= df[c].astype(str) != ""
-    group = pd.Series(
-        [
-            " & ".join(f"{c}={v}" for c, v in zip(group_columns, row, strict=True))
-            for row in df[list(group_columns)].itertuples(index=False)
-        ],
-        index=df.index,
-    )
-    groups = sorted(group[known].unique())
-    if len(groups) < 2:
-        raise DataError(
-            f"group columns {list(group_columns)} give {len(groups)} group(s) with data; a "
-            "balanced fairness test set needs at least 2"
-        )
-    pos = df[list(findings)].to_numpy() == 1
-    n_pos = pos.sum(1)
-    rng = np.random.default_rng(seed)
-    quota = {
-        g: n_per_finding // len(groups) + (i < n_per_finding % len(groups))
-        for i, g in enumerate(groups)
-    }
-    used = np.zeros(len(df), dtype=bool)
-    picked: list[np.ndarray] = []
-    labels: list[str] = []
-    counts: dict[str, dict[str, int]] = {}
-    shortfalls = []
-    for j, f in enumerate(findings):
-        ok = pos[:, j] & known.to_numpy() & ~used
-        if exclusive:
-            ok &= n_pos == 1
-        counts[f] = {}
-        for g in groups:
-            cand = np.flatnonzero(ok & (group.to_numpy() == g))
-            if cand.size < quota[g]:
-                shortfalls.append(f"{f} / {g}: {cand.size} of {quota[g]}")
-                continue
-            take = np.sort(rng.choice(cand, quota[g], replace=False))
-            used[take] = True
-            picked.append(take)
-            labels += [f] * quota[g]
-            counts[f][g] = int(quota[g])
-    if shortfalls:
-        raise DataError(
-            "not enough eligible images for a balanced test set: "
-            + "; ".join(shortfalls[:8])
-            + "; lower n_per_finding or use fewer groups"
-        )
-    rows = np.concatenate(picked)
-    out = df.iloc[rows].copy()
-    out[label_column] = labels
-    out["group"] = group.to_numpy()[rows]
-    summary = {
-        "n": len(out),
-        "findings": list(findings),
-        "groups": groups,
-        "group_columns": list(group_columns),
-        "n_per_finding": n_per_finding,
-        "exclusive": exclusive,
-        "seed": seed,
-        "counts": counts,
-    }
-    return out.reset_index(drop=True), summary
 
 
 # ----------------------------------------------------------------------------- command line
