@@ -166,7 +166,10 @@ def test_plain_data_has_no_audit(tmp_path: Path) -> None:
     from debiascl.train.fairness_eval import has_attributes
     from debiascl.train.trainer import Trainer
 
-    cfg = load_config("fmnist_clip", [*_overrides(tmp_path / "y"), "data.dataset=fashion_mnist"])
+    cfg = load_config(
+        "fmnist_clip",
+        [*_overrides(tmp_path / "y"), "data.dataset=fashion_mnist", "fairness.terms=[]"],
+    )
     assert not has_attributes(Trainer(cfg, run_dir=tmp_path / "y"))
 
 

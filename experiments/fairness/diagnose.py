@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     out["adv_logs"] = {
         k: round(float(v), 4)
         for k, v in (trainer.last_record or rec).items()
-        if k.startswith("adv/") and isinstance(v, (int, float))
+        if k.startswith(("adv/", "loss/", "mean_gap/", "fisher_gap/", "conditional_gap/"))
+        and isinstance(v, (int, float))
     }
     out["seconds"] = round(time.perf_counter() - t0)
     out["train_seconds"] = round(t_train)

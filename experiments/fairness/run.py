@@ -6,16 +6,20 @@ over seeds and writes ``results.md`` / ``results.json`` next to this script (or 
 Runs that already have a ``summary.json`` are not retrained (the script can be resumed).
 
 Everything is evaluated on the fixed test split; thresholds come from a validation split carved
-from the training data (``fairness.audit_val_fraction``); nothing is selected on the test split.
+from the training data (``eval.fairness_audit.val_fraction``); nothing is selected on the test
+split.
 
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/fairness/run.py \
         --seeds 0 1 2 --weights 0.3 1 3 10 --runs runs/fairness_experiment
 
-``--variant LABEL SLUG KEY=VALUE,...`` adds a named setting of ``synth_attr_adfair`` (runs
-``<SLUG>_s<seed>``); with ``--sweep-weight-of SLUG`` the ``--weights`` sweep changes
-``fairness.weight`` of that variant (runs ``<SLUG>_w<W>_s<seed>``) instead of the default config.
+``--variant LABEL SLUG 'KEY=VALUE;...'`` adds a named setting of ``synth_attr_adfair`` (runs
+``<SLUG>_s<seed>``; overrides separated by ``;``, since a ``fairness.terms=[{...}, {...}]`` list
+holds commas); with ``--sweep-weight-of SLUG`` the ``--weights`` sweep puts each weight W for the
+``{w}`` placeholder of that variant's overrides (runs ``<SLUG>_w<W>_s<seed>``), e.g.
+``'fairness.terms=[{name: fisher_gap, weight: {w}}]'``; without it the sweep is over the
+adversary's weight, ``fairness.terms=[{name: adversary, weight: W}]``.
 ``--no-plain`` leaves out the plain model.
 """
 
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar=("LABEL", "SLUG", "OVERRIDES"),
-        help="a named synth_attr_adfair setting: label, run-name slug, comma-separated overrides",
+        help="a named synth_attr_adfair setting: label, run-name slug, ';'-separated overrides",
     )
     p.add_argument("--sweep-weight-of", default=None, help="slug of the variant to sweep")
     p.add_argument("--no-plain", action="store_true")
@@ -139,20 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     methods: dict[str, tuple[str, list[str], str]] = {}
     if not args.no_plain:
         methods["plain CLIP"] = ("synth_attr_clip", [], "plain_CLIP")
-    variants = {slug: (label, [o for o in ov.split(",") if o]) for label, slug, ov in args.variant}
+    variants = {slug: (label, [o for o in ov.split(";") if o]) for label, slug, ov in args.variant}
     for slug, (label, ov) in variants.items():
         if slug != args.sweep_weight_of:
             methods[label] = ("synth_attr_adfair", ov, slug)
     for w in args.weights:
         if args.sweep_weight_of is None:
             methods[f"AdFair weight {w:g}"] = (
-                "synth_attr_adfair", [f"fairness.weight={w}"], f"adfair_w{w:g}"
+                "synth_attr_adfair", [f"fairness.terms=[{{name: adversary, weight: {w}}}]"],
+                f"adfair_w{w:g}",
             )  # fmt: skip
         else:
             label, ov = variants[args.sweep_weight_of]
+            if not any("{w}" in o for o in ov):
+                p.error(f"--sweep-weight-of {args.sweep_weight_of}: its overrides need a {{w}}")
             methods[f"{label}, weight {w:g}"] = (
                 "synth_attr_adfair",
-                [*ov, f"fairness.weight={w}"],
+                [o.replace("{w}", f"{w:g}") for o in ov],
                 f"{args.sweep_weight_of}_w{w:g}",
             )
     rows: dict[str, dict[str, dict[str, float | None]]] = {}
