@@ -279,3 +279,14 @@ def test_mimic_dicom_manifest_from_the_medical_loader_trains(capsys, tmp_path):
     code, _, err = cli(capsys, argv)
     assert code == 0, err
     assert ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")
+
+
+def test_missing_dicom_extra_in_a_loader_worker_is_one_line(
+    capsys, tmp_path, dicom_manifest, monkeypatch
+):
+    """Raised in a DataLoader worker process, the error still reaches the user as one line."""
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # inherited by the forked worker
+    argv = _train_manifest(tmp_path / "run", dicom_manifest, "data.num_workers=1")
+    code, _, err = cli(capsys, argv)
+    assert code == 2
+    one_line_error(err, "pip install 'debiascl[dicom]'")
