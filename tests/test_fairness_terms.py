@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from debiascl.config import load_config
-from debiascl.errors import ConfigError
+from debiascl.errors import CheckpointError, ConfigError
 from debiascl.fairness.adversary import AttributeSpec
 from debiascl.fairness.penalties import group_mean_gap
 from debiascl.fairness.terms import (
@@ -40,7 +40,7 @@ class ToySpread(FairnessTerm):
     """Toy term: weight * mean squared row norm of z, with a step counter as its own state."""
 
     class Settings(TermSettings):
-        name: Literal["toy_spread"] = "toy_spread"
+        name: Literal["toy_spread"]
         power: float = 2.0
 
     def __init__(self, settings: Settings, setup: TermSetup) -> None:
@@ -88,7 +88,7 @@ def test_toy_term_trains_through_config(tmp_path: Path) -> None:
             tmp_path,
             "fairness.terms=[{name: toy_spread, weight: 0.5, power: 2}]",
             "fairness.normalize=false",
-        ),  # fmt: skip
+        ),
     )
     tr = Trainer(cfg, run_dir=tmp_path / "toy")
     toy = tr.fairness.terms["toy_spread"]
@@ -106,6 +106,10 @@ def test_toy_term_trains_through_config(tmp_path: Path) -> None:
     assert tr.fairness.epoch_logs()["toy/value_epoch"] > 0
     with pytest.raises(ConfigError, match="unknown key 'pow'"):
         load_config("synth_attr_adfair", ["fairness.terms=[{name: toy_spread, pow: 3}]"])
+    # a checkpoint of the pre-terms adversary names the change instead of a key mismatch
+    old = {**tr.state_dict(), "adversary": {"core.discriminator.trunk.0.weight": torch.zeros(1)}}
+    with pytest.raises(CheckpointError, match="pre-terms adversary"):
+        tr.load_state_dict(old)
 
 
 def _balance_weights(labels: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
@@ -190,6 +194,18 @@ def test_old_flat_keys_name_the_new_spelling() -> None:
     cfg = load_config("synth_attr_clip", ["fairness.enabled=false", "fairness.weight=1.0",
                                           "fairness.bootstrap=200"])  # fmt: skip
     assert cfg.fairness.terms == []
+
+
+def test_fingerprint_keeps_the_term_names() -> None:
+    from debiascl.train.checkpoint import fingerprint_parts
+
+    def part(*over: str) -> str:
+        return fingerprint_parts(load_config("synth_attr_adfair", list(over)), 100)["fairness"]
+
+    fisher = part("fairness.terms=[{name: fisher_gap, weight: 10}]")
+    assert fisher != part("fairness.terms=[{name: mean_gap, weight: 10}]")
+    assert fisher == part("fairness.terms=[{name: fisher_gap, weight: 10, shrinkage: 0.1}]")
+    assert part() == part("eval.fairness_audit.bootstrap=5")  # the audit is not training
 
 
 def test_term_list_errors() -> None:

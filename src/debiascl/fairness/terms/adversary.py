@@ -36,7 +36,7 @@ class AdversaryTerm(FairnessTerm):
     """A discriminator predicts the attributes; the encoder is trained to defeat it."""
 
     class Settings(TermSettings):
-        name: Literal["adversary"] = "adversary"
+        name: Literal["adversary"]
         method: Literal["reversal", "alternating"] = "reversal"
         objective: Literal["cross_entropy", "confusion"] = "confusion"
         hidden_dim: int = Field(128, ge=1, description="discriminator MLP width")

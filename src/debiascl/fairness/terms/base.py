@@ -9,7 +9,7 @@ a ``@register_term("name")`` line, nothing in the trainer::
     @register_term("my_gap")
     class MyGap(FairnessTerm):
         class Settings(TermSettings):
-            name: Literal["my_gap"] = "my_gap"
+            name: Literal["my_gap"]
 
         def forward(self, x: TermInputs) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
             gap = ...  # from x.z, x.attrs
@@ -32,7 +32,6 @@ from torch import nn
 from debiascl.errors import ConfigError
 from debiascl.fairness.adversary import AttributeSpec, adversarial_weight
 from debiascl.registry import Registry
-
 
 #: A term's weight at a (fractional) epoch: 0 during warm-up, then constant, linear or dann ramp.
 scheduled_weight = adversarial_weight
@@ -114,7 +113,7 @@ class FairnessTerm(nn.Module):
         raise NotImplementedError
 
     def after_step(self, scaler: torch.amp.GradScaler | None = None) -> None:
-        """Called after the encoder's optimiser step, before ``scaler.update()`` (default: no-op)."""
+        """Called after the encoder's optimiser step, before ``scaler.update()`` (default no-op)."""
 
 
 #: name -> term class; the config's ``fairness.terms[*].name`` must be one of these.

@@ -32,14 +32,14 @@ Losses = tuple[dict[str, torch.Tensor], dict[str, float]]
 
 @register_term("mean_gap")
 class MeanGapTerm(FairnessTerm):
-    """Standardised group-mean gap (linear MMD; :func:`~debiascl.fairness.penalties.group_mean_gap`).
+    """Standardised group-mean gap (linear MMD; :func:`~.penalties.group_mean_gap`).
 
     With ``fairness.balance=label`` the rows are weighted by P(a)/P(a|y), so class differences
     are not counted as group gaps.
     """
 
     class Settings(TermSettings):
-        name: Literal["mean_gap"] = "mean_gap"
+        name: Literal["mean_gap"]
 
     def _gap(self, x: TermInputs, j: int, k: int) -> torch.Tensor:
         wj = None if x.weights is None else x.weights[:, j]
@@ -64,7 +64,7 @@ class FisherGapTerm(MeanGapTerm):
     """
 
     class Settings(TermSettings):
-        name: Literal["fisher_gap"] = "fisher_gap"  # type: ignore[assignment]
+        name: Literal["fisher_gap"]  # type: ignore[assignment]
         shrinkage: float = Field(
             0.1, gt=0, le=1, description="shrinkage of the covariance towards tr(S)/D * I"
         )
@@ -101,14 +101,14 @@ class FisherGapTerm(MeanGapTerm):
 
 @register_term("conditional_gap")
 class ConditionalGapTerm(MeanGapTerm):
-    """Group-mean gap within each class (:func:`~debiascl.fairness.penalties.class_conditional_mean_gap`).
+    """Group-mean gap within each class (:func:`~.penalties.class_conditional_mean_gap`).
 
     Needs class labels. ``momentum`` > 0 pools earlier batches' decayed (class, group) sums into
     the value (this rank's rows only; checkpointed). Sample weights are not used.
     """
 
     class Settings(TermSettings):
-        name: Literal["conditional_gap"] = "conditional_gap"  # type: ignore[assignment]
+        name: Literal["conditional_gap"]  # type: ignore[assignment]
         momentum: float = Field(
             0.0, ge=0, lt=1, description="decay per step of the pooled (class, group) sums"
         )
