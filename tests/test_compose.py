@@ -54,3 +54,16 @@ def test_directions_reach_objective_loss_and_detector(direction: str) -> None:
     a = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
     out = objective(a, a.roll(1, 0), torch.arange(8))
     assert set(out.keep_masks) == {direction}
+
+
+@pytest.mark.parametrize(
+    ("statement", "new_home"),
+    [
+        ("from debiascl.models import build_model", "debiascl.compose.build_model"),
+        ("from debiascl.data.build import build_data", "debiascl.compose.build_data"),
+        ("from debiascl.data.augment import build_augment", "debiascl.compose.build_augment"),
+    ],
+)
+def test_moved_config_readers_name_their_new_home(statement: str, new_home: str) -> None:
+    with pytest.raises(ImportError, match=new_home):
+        exec(statement, {})

@@ -230,3 +230,13 @@ def make_augment(
     if mode == "image_image":
         return TwoViewAugment(image_size, channels, strength, blur=blur)
     return SingleViewAugment(image_size, channels, strength, blur=blur)
+
+
+def __getattr__(name: str) -> object:
+    # ImportError (not AttributeError) so that `from ... import` shows where it went
+    if name == "build_augment":  # moved with the other config readers
+        raise ImportError(
+            "debiascl.data.augment.build_augment moved to debiascl.compose.build_augment (it "
+            "reads the data config); make_augment here takes plain arguments"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

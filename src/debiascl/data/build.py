@@ -300,3 +300,13 @@ def make_loader(
         persistent_workers=num_workers > 0,
         generator=generator,
     )
+
+
+def __getattr__(name: str) -> object:
+    # ImportError (not AttributeError) so that `from ... import` shows where it went
+    if name == "build_data":  # moved with the other config readers
+        raise ImportError(
+            "debiascl.data.build.build_data moved to debiascl.compose.build_data (it reads the "
+            "data config); assemble_data here takes plain arguments"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,3 +13,13 @@ __all__ = [
     "create_model",
     "projection_head",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ImportError (not AttributeError) so that `from ... import` shows where it went
+    if name == "build_model":  # moved with the other config readers
+        raise ImportError(
+            "debiascl.models.build_model moved to debiascl.compose.build_model (it reads the "
+            "model config); create_model here takes plain arguments"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
