@@ -181,6 +181,28 @@ def test_eval_output_or_run_dir_that_is_a_file(capsys, run_dir, tmp_path):
     one_line_error(err, "is not a run directory")
 
 
+def test_train_into_a_file_or_a_read_only_folder_fails_before_any_work(
+    capsys, tmp_path, monkeypatch
+):
+    import debiascl.train.trainer as trainer_module
+
+    built = []
+    monkeypatch.setattr(trainer_module, "build_data", lambda *a, **k: built.append(1))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    argv = ["train", "digits_simclr", "--no-eval", *SMALL]
+    code, _, err = cli(capsys, [*argv, "--run-dir", str(a_file)])
+    assert code == 2
+    one_line_error(err, "is a file, not a folder", "--run-dir")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with read_only(folder):
+        code, _, err = cli(capsys, [*argv, "--run-dir", str(folder / "run")])
+    assert code == 2
+    one_line_error(err, "cannot write to", str(folder))
+    assert built == []  # refused before the data were built
+
+
 # ------------------------------------------------------------------ item 19: evaluation data
 def test_eval_accepts_another_label_column_and_test_manifest(capsys, run_dir, tmp_path):
     train, test = _manifests(tmp_path / "other")

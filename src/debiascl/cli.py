@@ -26,7 +26,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append(f"checkpoint.resume={args.resume}")
     cfg = load_config(args.config, overrides)
-    trainer = Trainer(cfg, run_dir=Path(args.run_dir) if args.run_dir else None)
+    from debiascl.train.eval_run import ensure_writable_dir
+
+    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / cfg.name
+    ensure_writable_dir(run_dir, "choose a writable --run-dir (or output_dir)")  # before any work
+    trainer = Trainer(cfg, run_dir=run_dir)
     summary = trainer.fit(evaluate=not args.no_eval)
     if trainer.is_main:
         from debiascl.train.evaluate import format_summary
