@@ -149,35 +149,32 @@ def test_sigkill_during_a_large_checkpoint_write(tmp_path):
         "checkpoint.every_steps=1",
         "checkpoint.keep_last=2",
     ]
-    ckpt_dir = tmp_path / "checkpoints"
-    mid_write = 0
-    for _ in range(5):
-        resume = ["checkpoint.resume=latest"] if ckpt.list_checkpoints(ckpt_dir) else []
-        proc = cli_train(tmp_path, [*overrides, *resume])
+    for attempt in range(5):  # a fresh run each time, until a kill lands inside a write
+        run_dir = tmp_path / f"try{attempt}"
+        ckpt_dir = run_dir / "checkpoints"
+        proc = cli_train(run_dir, overrides)
         # armed once a complete checkpoint exists: kill while the next one is being written
         wait_for(
-            lambda: bool(ckpt.list_checkpoints(ckpt_dir) and _temporaries(ckpt_dir)),
+            lambda d=ckpt_dir: bool(ckpt.list_checkpoints(d) and _temporaries(d)),
             proc,
             poll=0.001,
         )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
         assert proc.returncode == -signal.SIGKILL
-        torn = _temporaries(ckpt_dir)
-        if not torn:
-            continue  # the write finished before the kill landed; try again
-        mid_write += 1
-        torn_step = max(step for step, _ in torn)
-        _, state = ckpt.load_for_resume("latest", tmp_path)  # complete, loads cleanly
-        assert state["step"] < torn_step
-        assert set(state["model"]) and all(torch.isfinite(v).all() for v in state["model"].values())
-        break
-    assert mid_write == 1, "no kill landed inside a checkpoint write in 5 tries"
-    proc = cli_train(tmp_path, [*overrides, "checkpoint.resume=latest"])
+        if _temporaries(ckpt_dir):
+            break
+    else:
+        pytest.fail("no kill landed inside a checkpoint write in 5 tries")
+    torn_step = max(step for step, _ in _temporaries(ckpt_dir))
+    _, state = ckpt.load_for_resume("latest", run_dir)  # complete, loads cleanly
+    assert state["step"] < torn_step
+    assert set(state["model"]) and all(torch.isfinite(v).all() for v in state["model"].values())
+    proc = cli_train(run_dir, [*overrides, "checkpoint.resume=latest"])
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert _temporaries(ckpt_dir) == []  # the torn file was removed at the start
-    assert [m["epoch"] for m in metrics(tmp_path)] == [1, 2]
+    assert [m["epoch"] for m in metrics(run_dir)] == [1, 2]
 
 
 @pytest.mark.timeout(300)
