@@ -40,6 +40,9 @@ class PairwiseBatch:
         anchor_labels / candidate_labels: optional (A,) / (M,) class labels, used only by the
             ``oracle`` detector and by diagnostics, never by an unsupervised loss.
         global_anchors: number of anchors over all ranks (the loss is a mean over these).
+        reference_sim: optional (A, M) detached similarities of the same anchors and candidates
+            under a stable embedding (an EMA or the initial encoder), for detectors that threshold
+            those instead of ``sim`` (``stable_glofnd``); None when not given.
     """
 
     name: str
@@ -51,6 +54,7 @@ class PairwiseBatch:
     anchor_labels: torch.Tensor | None
     candidate_labels: torch.Tensor | None
     global_anchors: int
+    reference_sim: torch.Tensor | None = None
 
     @property
     def pos_sim(self) -> torch.Tensor:

@@ -9,6 +9,7 @@ from debiascl.data import sources as _sources  # noqa: F401  (registers the buil
 from debiascl.data import synthetic_attr as _synthetic_attr  # noqa: F401  (synthetic_attr)
 from debiascl.data.augment import make_augment
 from debiascl.data.build import DataBundle, assemble_data
+from debiascl.data.classes import select_classes
 from debiascl.registry import DATASETS
 
 
@@ -26,6 +27,9 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
             dataset's own configuration error.
     """
     train, test = DATASETS.build_with(cfg.dataset, cfg.model_dump())
+    if cfg.classes:  # class subset of both splits (a regime's false-negative base rate)
+        train = select_classes(train, cfg.classes, "train")
+        test = select_classes(test, cfg.classes, "test") if test is not None else None
     return assemble_data(
         train,
         test,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import typing
 from typing import Any
 
+from torch import nn
+
+from debiascl.compose.text_evidence import frozen_text_embeddings
 from debiascl.config.schema import RunConfig
 from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError
+from debiascl.models.ema import ReferenceEncoder
 from debiascl.negatives import builders as _detectors  # noqa: F401  (registers the detectors)
 from debiascl.negatives.detector import FalseNegativeDetector
+from debiascl.negatives.text_evidence import TextAgreement, TextEvidence
 from debiascl.objectives import builtin as _losses  # noqa: F401  (registers the losses)
 from debiascl.objectives.base import PairLoss
 from debiascl.objectives.objective import ContrastiveObjective
@@ -101,9 +107,56 @@ def build_loss(cfg: RunConfig, info: DatasetInfo) -> PairLoss:
     return loss
 
 
-def build_detector(cfg: RunConfig, info: DatasetInfo) -> FalseNegativeDetector:
-    """The ``negatives.name`` entry of :data:`~debiascl.registry.DETECTORS`."""
-    return DETECTORS.build_with(cfg.negatives.name, detector_options(cfg, info))
+def _detector_params(name: str) -> set[str]:
+    return set(inspect.signature(DETECTORS.get(name)).parameters)
+
+
+def build_detector(
+    cfg: RunConfig,
+    info: DatasetInfo,
+    loss: PairLoss | None = None,
+    text_embeddings: Any = None,
+) -> FalseNegativeDetector:
+    """The ``negatives.name`` entry of :data:`~debiascl.registry.DETECTORS`.
+
+    A detector naming ``text_embeddings`` receives the frozen text table
+    (``negatives.text_encoder``, computed here unless given); one naming ``eta`` receives the
+    per-sample eta table of ``loss`` (SSD, or DCL/HCL with a per-sample ``loss.eta_source``).
+
+    Raises:
+        ConfigError: an unknown name, a detector needing eta with a loss that has none, or
+            text evidence for data without texts.
+    """
+    name = cfg.negatives.name
+    options = detector_options(cfg, info)
+    params = _detector_params(name)
+    if "text_embeddings" in params:
+        if text_embeddings is None:
+            text_embeddings = frozen_text_embeddings(info.texts, cfg.negatives.text_encoder)
+        options["text_embeddings"] = text_embeddings
+    if "eta" in params:
+        eta = getattr(loss, "eta_table", None)
+        if eta is None:
+            raise ConfigError(
+                f"negatives.name={name} takes its per-anchor alpha from a per-sample eta: use "
+                "loss.name=ssd, or dcl/hcl with loss.eta_source corpus_lm, ssd_mlm or "
+                "class_frequency"
+            )
+        options["eta"] = eta.detach().cpu()
+    return DETECTORS.build_with(name, options)
+
+
+def build_reference(
+    cfg: RunConfig, objective: ContrastiveObjective, model: nn.Module
+) -> ReferenceEncoder | None:
+    """The stable copy of ``model`` (``negatives.reference``, ``negatives.ema_decay``) when the
+    objective's detector needs one (``stable_glofnd``), attached to the objective as
+    ``reference_encoder`` so it travels in the objective's ``state_dict``; else None."""
+    if not getattr(objective.detector, "needs_reference", False):
+        return None
+    reference = ReferenceEncoder(model, cfg.negatives.reference, cfg.negatives.ema_decay)
+    objective.reference_encoder = reference
+    return reference
 
 
 def build_objective(cfg: RunConfig, info: DatasetInfo) -> ContrastiveObjective:
@@ -114,11 +167,21 @@ def build_objective(cfg: RunConfig, info: DatasetInfo) -> ContrastiveObjective:
             keeps a fixed temperature, or any component's own configuration error.
     """
     loss = build_loss(cfg, info)
-    detector = build_detector(cfg, info)
-    return ContrastiveObjective(
+    texts = None
+    if cfg.negatives.text_diagnostics:
+        texts = frozen_text_embeddings(info.texts, cfg.negatives.text_encoder)
+    detector = build_detector(cfg, info, loss, texts)
+    objective = ContrastiveObjective(
         mode=cfg.data.mode,
         loss=loss,
         detector=detector,
         num_samples=info.num_samples,
         directions=run_directions(cfg),
     )
+    if texts is not None:
+        # removals against text evidence per epoch (text_agreement, text_recall)
+        objective.text_evidence = TextEvidence(texts)
+        objective.text_agreement = TextAgreement(
+            objective.text_evidence, cfg.negatives.text_threshold
+        )
+    return objective

@@ -12,6 +12,8 @@ from debiascl.negatives.fnc import FNCDetector
 from debiascl.negatives.glofnd import GloFNDDetector
 from debiascl.negatives.oracle import OracleDetector
 from debiascl.negatives.single import SingleThresholdDetector
+from debiascl.negatives.stable import EtaGloFNDDetector, StableGloFNDDetector
+from debiascl.negatives.text_sim import TextSimilarityDetector
 from debiascl.registry import DETECTORS
 
 DETECTORS.register("none")(NoDetector)
@@ -19,3 +21,6 @@ DETECTORS.register("glofnd")(GloFNDDetector)
 DETECTORS.register("fnc")(FNCDetector)
 DETECTORS.register("single")(SingleThresholdDetector)
 DETECTORS.register("oracle")(OracleDetector)
+DETECTORS.register("text_sim")(TextSimilarityDetector)
+DETECTORS.register("stable_glofnd")(StableGloFNDDetector)
+DETECTORS.register("eta_glofnd")(EtaGloFNDDetector)

@@ -49,16 +49,18 @@ def pooled_quantile(
     sim: torch.Tensor,
     neg_mask: torch.Tensor,
     groups: AnchorGroups,
-    alpha: float,
+    alpha: float | torch.Tensor,
     subset: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batch (1 - alpha)-quantile of each id's negatives (the rule of :func:`batch_quantile`).
 
     Unimodal ids pool the negatives of both views' rows. Returns (G,), or (len(subset),) for the
-    group positions in ``subset`` only (a partial sort of just those rows).
+    group positions in ``subset`` only (a partial sort of just those rows). ``alpha`` is a float
+    or a (G,) tensor of per-id fractions.
     """
     if groups.layout == "general":
-        q = batch_quantile(sim, neg_mask, alpha)
+        row_alpha = groups.expand(alpha) if isinstance(alpha, torch.Tensor) else alpha
+        q = batch_quantile(sim, neg_mask, row_alpha)
         q = groups.pool_sum(q) / groups.rows_per_id()  # mean of the rows' quantiles
         return q if subset is None else q[subset]
     if groups.layout == "two_views":
@@ -68,6 +70,8 @@ def pooled_quantile(
         neg_mask = torch.cat([neg_mask[rows], neg_mask[rows + g]], dim=1)
     elif subset is not None:
         sim, neg_mask = sim[subset], neg_mask[subset]
+    if isinstance(alpha, torch.Tensor) and subset is not None:
+        alpha = alpha[subset]
     return batch_quantile(sim, neg_mask, alpha)
 
 
@@ -93,6 +97,13 @@ class GloFNDDetector(ScheduledDetector):
             v = alpha (1 - alpha) / n (the variance of the fraction of n independent batch
             negatives above the true quantile), and used without bias correction, so steps
             start small and grow only as gradients agree in sign.
+        start_rule: ``"epoch"`` (mask from ``start_epoch`` on) or ``"converged"`` (mask from the
+            first epoch >= ``start_epoch`` at whose start the mean threshold, averaged over the
+            directions, moved by at most ``start_tolerance`` (cosine units) over the previous
+            epoch, with at least 99% of the samples visited). It needs ``update_start_epoch`` <
+            ``start_epoch``, or the thresholds never move before masking. Once started, masking
+            stays on.
+        start_tolerance: the convergence tolerance of ``start_rule="converged"``.
         reset_on_resume: restore every threshold to its initial state after ``load_state_dict``.
         placement: table placement, ``"device"`` or ``"cpu"``.
         sharding: ``"replicated"`` (every rank holds all N rows) or ``"sharded"`` (each rank
@@ -117,8 +128,27 @@ class GloFNDDetector(ScheduledDetector):
         reset_on_resume: bool = False,
         placement: Placement = "device",
         sharding: Sharding = "replicated",
+        start_rule: str = "epoch",
+        start_tolerance: float = 0.01,
     ) -> None:
         super().__init__(alpha, start_epoch, update_start_epoch)
+        if start_rule not in ("epoch", "converged"):
+            raise ConfigError(f"start_rule must be 'epoch' or 'converged', got {start_rule!r}")
+        if start_rule == "converged" and (
+            start_tolerance <= 0 or self.update_start_epoch >= max(self.start_epoch, 1)
+        ):
+            raise ConfigError(
+                "start_rule='converged' needs start_tolerance > 0 and update_start_epoch below "
+                f"start_epoch (got tolerance {start_tolerance}, update_start_epoch "
+                f"{self.update_start_epoch}, start_epoch {self.start_epoch}); e.g. "
+                "update_start_epoch=0, start_epoch=1"
+            )
+        self.start_rule = start_rule
+        self.start_tolerance = float(start_tolerance)
+        # started (0/1), mean lambda at the start of the last seen epoch, last seen epoch; only
+        # with the converged rule, so checkpoints of the epoch rule keep their keys
+        state = torch.tensor([0.0, float("nan"), -1.0]) if start_rule == "converged" else None
+        self.register_buffer("start_state", state)
         if optimizer not in ("adam", "sgd"):
             raise ConfigError(f"GloFND optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if init not in ("one", "batch_quantile"):
@@ -162,10 +192,43 @@ class GloFNDDetector(ScheduledDetector):
         """(n,) current lambda of ``ids`` in direction ``name`` (e.g. ``"image"``)."""
         return self.table(name).read(ids)[:, 0]
 
+    def anchor_alpha(self, groups: AnchorGroups) -> float | torch.Tensor:
+        """Target fraction of each id of the batch: a float, or a (G,) tensor (subclasses)."""
+        assert self.alpha is not None
+        return self.alpha
+
+    def masking(self, ctx: StepContext) -> bool:
+        """True when this step's mask removes negatives (see ``start_rule``)."""
+        if self.start_state is None:
+            return super().masking(ctx)
+        if ctx.training and ctx.epoch > int(self.start_state[2]):
+            self._check_converged(ctx.epoch)
+        return bool(self.start_state[0] > 0) and ctx.epoch >= self.start_epoch
+
+    @torch.no_grad()
+    def _check_converged(self, epoch: int) -> None:
+        """At an epoch's first step: compare the mean thresholds with the previous epoch's.
+
+        Tables are identical on every rank, so every rank takes the same decision."""
+        assert self.start_state is not None
+        diag = self.diagnostics()
+        means = [diag.get(f"lambda/{n}/mean", float("nan")) for n in self.tables]
+        visited = min(diag[f"lambda/{n}/visited_fraction"] for n in self.tables)
+        mean = sum(means) / len(means)
+        prev = float(self.start_state[1])
+        if (
+            epoch >= self.start_epoch
+            and visited >= 0.99
+            and abs(mean - prev) <= self.start_tolerance  # False while prev is NaN
+        ):
+            self.start_state[0] = 1.0
+        self.start_state[1] = mean if visited >= 0.99 else float("nan")
+        self.start_state[2] = float(epoch)
+
     @torch.no_grad()
     def update(self, batch: PairwiseBatch, groups: AnchorGroups, sim: torch.Tensor) -> torch.Tensor:
         """One threshold update for the batch's anchors; returns their new (G,) lambdas."""
-        assert self.alpha is not None
+        alpha = self.anchor_alpha(groups)
         table = self.table(batch.name)
         lam, m, v, visits = table.read(groups.ids).unbind(1)
         if self.init == "batch_quantile":
@@ -173,11 +236,11 @@ class GloFNDDetector(ScheduledDetector):
             fresh = first.nonzero().squeeze(1)
             if fresh.numel() > 0:  # partial sorts only for never-seen ids (the first epoch)
                 lam = lam.index_put(
-                    (fresh,), pooled_quantile(sim, batch.neg_mask, groups, self.alpha, fresh)
+                    (fresh,), pooled_quantile(sim, batch.neg_mask, groups, alpha, fresh)
                 )
         above, total = threshold_gradient(sim, batch.neg_mask, groups.expand(lam), self.alpha)
         n = groups.pool_sum(total).clamp_min(1.0)
-        grad = self.alpha - groups.pool_sum(above) / n
+        grad = alpha - groups.pool_sum(above) / n
         warm = self.moment_init == "binomial"
         if self.optimizer == "adam":
             # The sample's own update count: its first visit is the quantile init, not a step.
@@ -202,7 +265,7 @@ class GloFNDDetector(ScheduledDetector):
             new_m = torch.where(first, m, new_m)
             # Binomial: the variance of the batch fraction above the true quantile (a lower
             # bound when negatives are correlated, e.g. two views of one image; v adapts).
-            init_v = self.alpha * (1.0 - self.alpha) / n if warm else v
+            init_v = alpha * (1.0 - alpha) / n if warm else v
             new_v = torch.where(first, init_v, new_v)
         table.write(groups.ids, torch.stack([new_lam, new_m, new_v, visits + 1], dim=1))
         return new_lam
@@ -258,6 +321,8 @@ class GloFNDDetector(ScheduledDetector):
         """Restore every threshold, moment and visit count to its initial value."""
         for table in self.tables.values():
             table.reset()  # type: ignore[operator]
+        if self.start_state is not None:
+            self.start_state.copy_(torch.tensor([0.0, float("nan"), -1.0]))
 
 
 def _reset_after_load(module: nn.Module, incompatible_keys: Any) -> None:

@@ -45,13 +45,15 @@ def removal_count(n: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.ceil(alpha * (n.double() - 1.0).clamp_min(0.0) - 1e-9).long().clamp_min(0)
 
 
-def batch_quantile(sim: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+def batch_quantile(
+    sim: torch.Tensor, mask: torch.Tensor, alpha: float | torch.Tensor
+) -> torch.Tensor:
     """(R,) batch (1 - alpha)-quantile of each row's masked entries (the module's rule).
 
     Args:
         sim: (R, M) float similarities.
         mask: (R, M) bool, True for a row's negatives.
-        alpha: target fraction in (0, 1).
+        alpha: target fraction in (0, 1), or an (R,) tensor of per-row fractions.
 
     Returns:
         (R,) in ``sim``'s dtype: linear interpolation between order statistics, equal to
@@ -76,10 +78,12 @@ def batch_quantile(sim: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch
     return torch.where(n > 0, q, torch.full_like(q, float("-inf")))
 
 
-def _warn_unresolved(n: torch.Tensor, alpha: float) -> None:
+def _warn_unresolved(n: torch.Tensor, alpha: float | torch.Tensor) -> None:
     counts = n[n > 0]
     if not counts.numel():
         return
+    if isinstance(alpha, torch.Tensor):  # per-row fractions: warn about the smallest
+        alpha = float(alpha.min()) if alpha.numel() else 1.0
     smallest = int(counts.min())  # one host sync
     if alpha * smallest < 1.0:
         warnings.warn(

@@ -109,6 +109,8 @@ class ContrastiveObjective(nn.Module):
         self.stats = DetectionStats()
         # optional RemovedPairSample (debiascl.negatives.removed_pairs), set by the trainer
         self.removed_pairs = None
+        # optional TextAgreement (debiascl.negatives.text_evidence): removals vs text evidence
+        self.text_agreement = None
 
     def pairs(
         self, a: torch.Tensor, b: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor | None
@@ -126,6 +128,7 @@ class ContrastiveObjective(nn.Module):
         labels: torch.Tensor | None = None,
         logit_scale: torch.Tensor | float | None = None,
         ctx: StepContext | None = None,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> ObjectiveOutput:
         """Evaluate the objective on a local batch.
 
@@ -139,6 +142,10 @@ class ContrastiveObjective(nn.Module):
                 Refused for a learned one; a loss built without a temperature and no
                 ``logit_scale`` uses ``DEFAULT_LOGIT_SCALE`` (10, i.e. t = 0.1).
             ctx: training position; defaults to a training step at epoch 0.
+            reference: optional ``(a_ref, b_ref)`` (b, D) embeddings of the same inputs under a
+                stable encoder (EMA or initial); their similarities, in the same layout and
+                without gradient, reach the detector as ``PairwiseBatch.reference_sim``
+                (``stable_glofnd`` needs them).
 
         Raises:
             ConfigError: ``logit_scale`` given for a loss that learns its temperature.
@@ -152,6 +159,11 @@ class ContrastiveObjective(nn.Module):
         logs: dict[str, float] = {}
         masks: dict[str, torch.Tensor] = {}
         batches = self.pairs(a, b, ids, labels)
+        if reference is not None:
+            with torch.no_grad():
+                refs = self.pairs(reference[0].detach(), reference[1].detach(), ids, labels)
+            for batch, ref in zip(batches, refs, strict=True):
+                batch.reference_sim = ref.sim.float()
         weight = 1.0 / len(batches)
         for batch in batches:
             keep = keep_at_least_one(self.detector(batch, ctx), batch)
@@ -159,6 +171,8 @@ class ContrastiveObjective(nn.Module):
                 self.stats.update(batch, keep)
                 if self.removed_pairs is not None:
                     self.removed_pairs.update(batch, keep, ctx.epoch)
+                if self.text_agreement is not None:
+                    self.text_agreement.update(batch, keep)
             terms = self.loss_fn(batch, keep, scale, ctx)
             total = (
                 total + weight * terms.loss.sum() * dist_utils.world_size() / batch.global_anchors
@@ -210,6 +224,10 @@ class ContrastiveObjective(nn.Module):
         """Removal fraction and detection quality since the last reset (reduced over ranks),
         plus whatever the detector's and the loss's optional ``diagnostics()`` return."""
         out = self.stats.compute()
+        if self.text_agreement is not None:
+            out.update(self.text_agreement.compute())
+            if reset:
+                self.text_agreement.reset()
         for part in (self.detector, self.loss_fn):
             extra = getattr(part, "diagnostics", None)
             if callable(extra):

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from debiascl import __version__
 from debiascl import distributed as dist_utils
 from debiascl.compose import build_augment, build_data, build_model, build_objective
+from debiascl.compose.objective import build_reference
 from debiascl.config import RunConfig
 from debiascl.data.augment import EvalTransform
 from debiascl.data.build import DataBundle, make_loader
@@ -110,6 +111,9 @@ class Trainer:
             cfg.model, cfg.data.mode, self.data.channels, corpus=self.info.texts
         ).to(self.device)
         self.objective: ContrastiveObjective = build_objective(cfg, self.info).to(self.device)
+        # stable (EMA or initial) copy of the model for stable_glofnd; in the objective's state
+        self.reference = build_reference(cfg, self.objective, self.model)
+        self._model_inputs: tuple[Any, ...] = ()
         attach_removed_pairs(self.objective, cfg.train.removed_pairs_sample, cfg.seed)
         # fairness terms (name -> loss term), built by the composition layer; None without terms
         self.fairness = build_fairness_terms(cfg, self.model, self.device, self.data)
@@ -176,12 +180,25 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             if self.cfg.data.mode == "image_image":
                 v1, v2 = self.augment(images)
-                z = self.ddp_model(torch.cat([v1, v2]))
+                self._model_inputs = (torch.cat([v1, v2]),)
+                z = self.ddp_model(*self._model_inputs)
                 a, b = z.float().chunk(2)
             else:
-                a, b = self.ddp_model(self.augment(images), list(batch["text"]))
+                self._model_inputs = (self.augment(images), list(batch["text"]))
+                a, b = self.ddp_model(*self._model_inputs)
                 a, b = a.float(), b.float()
         return a, b
+
+    def _embed_reference(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stable encoder's embeddings of the inputs of the last :meth:`_embed` (no grad)."""
+        if self.reference is None:
+            return None
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
+            if self.cfg.data.mode == "image_image":
+                a, b = self.reference(*self._model_inputs).float().chunk(2)
+            else:
+                a, b = self.reference(*self._model_inputs)
+        return a.float(), b.float()
 
     def _embed_clean(self, batch: dict[str, Any]) -> torch.Tensor:
         """(b, D) image embedding of the un-augmented batch, in the graph (for the adversary).
@@ -207,7 +224,9 @@ class Trainer:
         else:
             labels = None
         a, b = self._embed(batch)
-        out = self.objective(a, b, ids, labels, ctx=ctx)  # the loss owns its temperature
+        reference = self._embed_reference()  # None unless the detector needs stable embeddings
+        # the loss owns its temperature
+        out = self.objective(a, b, ids, labels, ctx=ctx, reference=reference)
         loss = out.loss
         logs = {"loss": float(out.value), **out.logs}
         if self.fairness is not None:  # named loss terms, summed and each logged
@@ -231,6 +250,8 @@ class Trainer:
                 self.fairness.zero_grad(set_to_none=True)
             return self._nonfinite(ctx, "gradient", logs)
         self.scaler.step(self.optimizer)
+        if self.reference is not None:
+            self.reference.update(self.model)
         self.objective.clamp_logit_scale_()  # cap the stored value, not the forward (CLIP)
         if self.fairness is not None:
             # a discriminator's gradients come from the same scaled backward, so its optimiser

@@ -41,6 +41,12 @@ class DataConfig(Section):
         description="seed of the train_size/test_size subsets (default: the run seed for the "
         "training subset and 0 for the test subset, so every run is tested on the same samples)",
     )
+    classes: list[str | int] = Field(
+        default_factory=list,
+        description="keep only these classes (names or label indices) in both splits, relabelled "
+        "0..k-1 in this order (e.g. [t-shirt, trouser, pullover] for a 3-class regime); applied "
+        "before train_size/test_size",
+    )
     subsample_classes: list[Annotated[int, Field(ge=0)]] = Field(
         default_factory=list,
         description="controlled imbalance: training classes to keep only a fraction of (after "
