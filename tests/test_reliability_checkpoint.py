@@ -239,3 +239,16 @@ def test_resume_with_other_data_settings_is_refused_naming_the_key(tmp_path, ove
     with pytest.raises(CheckpointError, match=rf"differs in: [^)]*\b{named}\b"):
         trainer.fit(evaluate=False)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_detection_sums_of_another_world_size_continue_from_their_total(tmp_path):
+    """Per-rank (world, K) sums saved by 2 processes, resumed by 1: rank 0 takes the total, so
+    the epoch's precision/recall still cover every sample; a 1-D tensor (older checkpoints)
+    is taken as it is."""
+    from reliability_helpers import make_trainer
+
+    trainer = make_trainer(tmp_path)
+    saved = torch.tensor([[1.0, 2.0, 0.5], [3.0, 4.0, 0.25]], dtype=torch.float64)
+    assert torch.equal(trainer._local_stats(saved), torch.tensor([4.0, 6.0, 0.75]).double())
+    assert torch.equal(trainer._local_stats(saved[:1]), saved[0])  # same world size: own row
+    assert torch.equal(trainer._local_stats(saved[1]), saved[1])
