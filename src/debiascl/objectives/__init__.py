@@ -1,5 +1,6 @@
 """Contrastive objectives: layouts + detectors + losses, usable from any training loop."""
 
+from debiascl.negatives.context import StepContext
 from debiascl.objectives.base import (
     FalseNegativeDetector,
     LossTerms,
@@ -7,7 +8,6 @@ from debiascl.objectives.base import (
     PairLoss,
     keep_at_least_one,
 )
-from debiascl.objectives.context import StepContext
 from debiascl.objectives.infonce_loss import InfoNCELoss
 from debiascl.objectives.objective import ContrastiveObjective, ObjectiveOutput
 

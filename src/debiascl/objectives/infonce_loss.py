@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from debiascl.losses.infonce import at_least_float32, masked_info_nce
+from debiascl.negatives.context import StepContext
 from debiascl.objectives.base import LossTerms, PairLoss
-from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch
 
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from debiascl import distributed as dist_utils
 from debiascl.errors import ConfigError, DataError, check
+from debiascl.negatives.context import StepContext
 from debiascl.negatives.diagnostics import DetectionStats
 from debiascl.objectives.base import (
     FalseNegativeDetector,
@@ -29,7 +30,6 @@ from debiascl.objectives.base import (
     PairLoss,
     keep_at_least_one,
 )
-from debiascl.objectives.context import StepContext
 from debiascl.pairs import PairwiseBatch, clip_pairs, simclr_pairs
 
 Mode = Literal["image_image", "image_text"]
