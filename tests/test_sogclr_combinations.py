@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from debiascl.compose import build_objective
 from debiascl.config.schema import RunConfig
 from debiascl.data.info import DatasetInfo
-from debiascl.compose import build_objective
+from debiascl.errors import ConfigError
 from debiascl.objectives import StepContext
 from debiascl.registry import DETECTORS, LOSSES
 
@@ -30,6 +31,7 @@ def test_combination_runs(mode, loss, detector, tmp_path):
     cfg.negatives.name = detector
     cfg.negatives.alpha = 0.2
     cfg.negatives.init = "batch_quantile"
+    cfg.negatives.text_encoder = "tfidf"  # text_sim: frozen text evidence without weights
     if loss == "ssd":
         cfg.loss.eta_source = "class_frequency"  # the only per-sample eta needing no model
     labels_all = torch.arange(N) % 4
@@ -38,19 +40,28 @@ def test_combination_runs(mode, loss, detector, tmp_path):
         labels=labels_all,
         texts=[f"a photo of class {int(c)}" for c in labels_all],
     )
+    if detector == "eta_glofnd" and loss != "ssd":  # per-anchor alpha needs a per-sample eta
+        with pytest.raises(ConfigError, match="per-sample eta"):
+            build_objective(cfg, info)
+        return
     objective = build_objective(cfg, info)
     encoder = torch.nn.Linear(6, 5)
+    stable = torch.nn.Linear(6, 5)  # a stable reference encoder (stable_glofnd)
     removed = 0
     for step in range(3):
         ids = torch.randperm(N)[:B]
         x = torch.randn(B, 6)
+        x2 = x + 0.3 * torch.randn(B, 6)
+        with torch.no_grad():
+            reference = (stable(x), stable(x2))
         out = objective(
             encoder(x),
-            encoder(x + 0.3 * torch.randn(B, 6)),
+            encoder(x2),
             ids,
             labels=labels_all[ids],
             logit_scale=5.0,
             ctx=StepContext(epoch=step, step=step, progress=step / 3),
+            reference=reference,
         )
         assert out.loss.dim() == 0 and torch.isfinite(out.loss) and torch.isfinite(out.value)
         encoder.zero_grad()
