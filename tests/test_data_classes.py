@@ -61,3 +61,32 @@ def test_config_applies_the_subset_to_both_splits_of_builtin_data():
     assert bundle.info.num_samples == len(bundle.train)
     with pytest.raises(ConfigError, match="unknown class 'eleven'"):
         build_data(load_config("digits_clip", ["data.classes=[eleven]"]).data, 0)
+
+
+def test_manifest_label_column_subsets_both_manifests(tmp_path):
+    from PIL import Image
+
+    from debiascl.config.schema import DataConfig
+
+    rows = []
+    for i, label in enumerate(["cat", "dog", "bird", "dog", "cat", "bird"]):
+        Image.new("L", (4, 4), color=i * 40).save(tmp_path / f"{i}.png")
+        rows.append(f"{tmp_path / f'{i}.png'},{label} photo,{label}")
+    (tmp_path / "train.csv").write_text("path,text,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "test.csv").write_text("path,text,label\n" + "\n".join(rows[:3]) + "\n")
+    cfg = DataConfig(
+        dataset="manifest",
+        manifest=str(tmp_path / "train.csv"),
+        test_manifest=str(tmp_path / "test.csv"),
+        mode="image_text",
+        image_size=8,
+        classes=["bird", "dog"],
+    )
+    bundle = build_data(cfg, seed=0)
+    assert bundle.class_names == ["bird", "dog"]
+    assert bundle.train.texts == ["dog photo", "bird photo", "dog photo", "bird photo"]
+    assert bundle.train.labels.tolist() == [1, 0, 1, 0]
+    assert bundle.test.texts == ["dog photo", "bird photo"] and bundle.test.labels.tolist() == [
+        1,
+        0,
+    ]
