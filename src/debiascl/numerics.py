@@ -5,6 +5,9 @@
 embedding then becomes 0 / 0 = NaN, and every loss or metric that reads it is NaN. Upcasting
 first keeps a zero row at zero (its cosine with everything is 0) and avoids fp16's overflow of
 ||x||^2 above 65504.
+
+``argmax_share``: the library's tie rule for argmax decisions counted in a metric (see
+:mod:`debiascl.eval.ties`): the expected one-hot decision when tied maxima are ordered at random.
 """
 
 from __future__ import annotations
@@ -31,3 +34,14 @@ def unit_rows(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         Same shape, dtype float32 (float64 inputs stay float64). A zero row stays zero.
     """
     return F.normalize(x.to(at_least_float32(x.dtype)), dim=dim)
+
+
+def argmax_share(scores: torch.Tensor) -> torch.Tensor:
+    """(N, C) float64 expected one-hot argmax of each (N, C) score row under random tie order.
+
+    The m columns equal to the row maximum get 1/m each, the rest 0; every row sums to 1. A
+    metric that averages argmax hits (accuracy, positive rates) computed on this share is its
+    exact expectation over a uniformly random tie-break, so ties never favour a class index.
+    """
+    top = (scores == scores.max(dim=1, keepdim=True).values).double()
+    return top / top.sum(dim=1, keepdim=True)

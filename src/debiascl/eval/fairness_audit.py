@@ -24,9 +24,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from debiascl.errors import DataError
@@ -36,6 +37,7 @@ from debiascl.eval.report import format_table
 from debiascl.eval.zero_shot import zero_shot_accuracy, zero_shot_scores
 from debiascl.fairness.metrics import MISSING, choose_threshold, fairness_report, is_missing
 from debiascl.missing import as_object_column
+from debiascl.numerics import argmax_share
 
 HEADLINE = ("auc", "worst_group_auc", "auc_gap", "es_auc", "dpd", "eod", "ece_gap")
 Attrs = Mapping[str, ArrayLike | Sequence]
@@ -291,7 +293,9 @@ def leakage_probe(
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(scaler.transform(tx), ta)
     p = clf.predict_proba(scaler.transform(sx))
-    pred = clf.classes_[p.argmax(1)]
+    # tied top probabilities (a collapsed embedding) count 1/m each: the rule of eval.ties
+    share = argmax_share(torch.from_numpy(p)).numpy()
+    hit = share[np.arange(len(sa)), np.searchsorted(clf.classes_, sa)]
     if values.size == 2:
         auc = roc_auc_score(sa == clf.classes_[1], p[:, 1]) if np.unique(sa).size == 2 else None
     else:
@@ -302,8 +306,8 @@ def leakage_probe(
         )
     _, counts = np.unique(sa, return_counts=True)
     return {
-        "accuracy": float(np.mean(pred == sa)),
-        "balanced_accuracy": float(balanced_accuracy_score(sa, pred)),
+        "accuracy": float(hit.mean()),
+        "balanced_accuracy": float(np.mean([hit[sa == v].mean() for v in np.unique(sa)])),
         "auc": None if auc is None else float(auc),
         "chance_accuracy": float(counts.max() / counts.sum()),
         "chance_balanced_accuracy": float(1.0 / values.size),

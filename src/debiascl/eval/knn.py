@@ -32,7 +32,7 @@ from debiascl.eval._arrays import (
     rows_per_chunk,
     same_width,
 )
-from debiascl.eval.ties import class_hit_rate, tie_aware_topk_weights
+from debiascl.eval.ties import class_hit_rate, random_tie_argmax, tie_aware_topk_weights
 from debiascl.numerics import unit_rows
 
 
@@ -136,14 +136,18 @@ def knn_predict(
     test_x: ArrayLike,
     k: int = 200,
     temperature: float = 0.1,
+    *,
+    seed: int = 0,
     **kwargs,
 ) -> torch.Tensor:
     """(M,) int64 predicted class: argmax of :func:`knn_scores`.
 
-    A prediction must pick one class: an exact tie of votes goes to the lower class index. The
-    accuracy of :func:`knn_eval` instead counts such a tie by its expected hit.
+    A prediction must pick one class: an exact tie of votes goes to one of the tied classes drawn
+    uniformly with a generator seeded by ``seed`` (:func:`debiascl.eval.ties.random_tie_argmax`),
+    never systematically to the lower index. :func:`knn_eval` counts such a tie by its expected hit.
     """
-    return knn_scores(train_x, train_y, test_x, k, temperature, **kwargs).argmax(dim=1)
+    scores = knn_scores(train_x, train_y, test_x, k, temperature, **kwargs)
+    return random_tie_argmax(scores, seed)
 
 
 def knn_eval(

@@ -16,6 +16,12 @@ number of tied incorrect items placed before every tied correct one, so
 
 (0 when K <= better, 1 when K > better + tied), and the expected rank is
 ``better + tied / (tied_correct + 1)``.
+
+Decisions follow the same rule. Counted in a metric, an argmax decision is its expectation (the m
+tied top classes get 1/m each, :func:`debiascl.numerics.argmax_share`: fairness rates with
+``threshold="argmax"``, the leakage probe, the adversary's accuracy). Where one label must be
+returned (:func:`debiascl.eval.knn.knn_predict`), :func:`random_tie_argmax` draws one of the tied
+classes uniformly with a seeded generator, so no class index is preferred and runs repeat.
 """
 
 from __future__ import annotations
@@ -82,3 +88,15 @@ def tie_aware_topk_weights(sim: torch.Tensor, k: int) -> torch.Tensor:
     at = sim == kth
     share = (k - above.sum(1, keepdim=True)).to(sim.dtype) / at.sum(1, keepdim=True).to(sim.dtype)
     return above.to(sim.dtype) + at.to(sim.dtype) * share
+
+
+def random_tie_argmax(scores: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """(N,) int64 argmax of each (N, C) score row; tied maxima are broken uniformly at random.
+
+    The draw uses a ``torch.Generator`` seeded with ``seed`` (on the CPU), so the same scores and
+    seed give the same labels on every device. Rows without a tie get their unique argmax.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(scores.shape, generator=gen, dtype=torch.float64).to(scores.device)
+    top = scores == scores.max(dim=1, keepdim=True).values
+    return torch.where(top, noise, torch.full_like(noise, -1.0)).argmax(dim=1)

@@ -42,6 +42,7 @@ from torch.func import functional_call
 from debiascl import distributed
 from debiascl.errors import ConfigError, DataError
 from debiascl.fairness.penalties import confusion_loss, masked_cross_entropy
+from debiascl.numerics import argmax_share  # disc accuracy: ties count 1/m (eval.ties rule)
 
 
 # ----------------------------------------------------------------------------- gradient reversal
@@ -281,7 +282,7 @@ class AdversarialFairness(nn.Module):
             logs[f"adv/{a.name}/disc_ce"] = float(ce.detach())
             logs[f"adv/{a.name}/labelled"] = float(keep.sum())
             if bool(keep.any()):
-                hit = (lg[keep].argmax(-1) == t[keep]).float()
+                hit = argmax_share(lg[keep].detach()).gather(1, t[keep, None])[:, 0].float()
                 logs[f"adv/{a.name}/disc_acc"] = float(hit.mean())
                 if weights is not None and weights[a.name] is not None:  # chance 1/K if balanced
                     wk = weights[a.name][keep].to(hit)

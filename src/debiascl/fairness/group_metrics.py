@@ -24,7 +24,7 @@ class GroupTask:
     targets: np.ndarray  # (n,) in {0, 1}
     groups: np.ndarray  # (n,) object, no missing
     threshold: float | None  # None: decisions given in `pred`
-    pred: np.ndarray  # (n,) bool
+    pred: np.ndarray  # (n,) bool, or float in [0, 1]: the expected decision under tied argmax
     probabilistic: bool
 
 

@@ -37,6 +37,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from debiascl.errors import DataError
 from debiascl.fairness.group_metrics import (
@@ -60,6 +61,7 @@ from debiascl.fairness.scoring import (
     roc_auc,
     task_targets,
 )
+from debiascl.numerics import argmax_share
 
 __all__ = [
     "CONVENTION",
@@ -111,7 +113,9 @@ def fairness_report(
             pd.NaT, masked entries, -1, "") leave that sample out of that attribute's groups
             (counted in ``n_missing``).
         threshold: a float (binary), C floats (per class / label) chosen on validation data
-            with :func:`choose_threshold`, or ``"argmax"`` (multi-class: yhat_c = argmax == c).
+            with :func:`choose_threshold`, or ``"argmax"`` (multi-class: yhat_c = argmax == c;
+            m classes tied at the top each count 1/m, the expected decision under a random
+            tie-break, so rates, DPD and EOD never favour a class index).
         intersections: tuples of attribute names whose combination is also audited.
         known_values: name -> the values seen when the model was trained/validated; a value
             outside them at evaluation is an error (a coding mismatch). Groups listed here but
@@ -166,8 +170,9 @@ def fairness_report(
                 raise DataError(
                     "threshold must be a float, one float per class, or 'argmax' (multi-class)"
                 )
-            top = s.argmax(1)
-            preds = [top == k for k in range(c)]
+            # ties: the expected decision over a random order of the tied top classes
+            share = argmax_share(torch.from_numpy(s)).numpy()
+            preds = [share[:, k] for k in range(c)]
             thr_out = "argmax"
         else:
             thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (c,))
