@@ -5,7 +5,9 @@ float type, including ``np.float32``), ``pd.NA``, ``pd.NaT``, a numpy ``NaT`` (d
 timedelta64), or an entry masked in a ``numpy.ma`` masked array. Columns read by pandas with the
 nullable ``string``/``Int64``/``boolean`` dtypes hold ``pd.NA``; object columns hold ``None`` or
 NaN; they must all mean the same thing. Code-level conventions (attribute code ``-1``, the empty
-string) are added by the callers that use them (see :func:`debiascl.fairness.metrics.is_missing`).
+string) are added by the callers that use them (see :func:`debiascl.fairness.metrics.is_missing`);
+readers of tables (manifests, medical label columns) use :func:`missing_or_blank_mask`, which also
+counts a blank cell (a string that is empty after stripping whitespace) as missing.
 
 pandas is optional: its markers are recognised when pandas is imported (a value cannot be
 ``pd.NA`` otherwise).
@@ -73,3 +75,14 @@ def missing_mask(values: Any) -> np.ndarray:
     """(n,) bool: True where ``values`` holds a missing marker (see the module docstring)."""
     col = as_object_column(values)
     return np.fromiter((v is None for v in col), dtype=bool, count=len(col))
+
+
+def is_blank(v: object) -> bool:
+    """True for a string that is empty after stripping whitespace (a blank table cell)."""
+    return isinstance(v, str) and not v.strip()
+
+
+def missing_or_blank_mask(values: Any) -> np.ndarray:
+    """(n,) bool: a missing marker (:func:`missing_mask`) or a blank string cell."""
+    col = as_object_column(values)
+    return np.fromiter((v is None or is_blank(v) for v in col), dtype=bool, count=len(col))

@@ -7,7 +7,8 @@ demographic attribute columns. Relative paths are resolved against the manifest'
 Categorical values (string labels, ``sex``, ``race``) become integer codes through a sorted
 vocabulary built on the training manifest; pass that vocabulary to the test manifest so the codes
 agree, and values the training data never showed raise a clear error. Integer columns keep their
-values. Empty cells become -1 (unknown/missing).
+values. Empty cells become -1 (unknown/missing): every numpy/pandas missing marker and blank
+strings, by the library's one definition (:func:`debiascl.missing.missing_or_blank_mask`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from debiascl.data.images import (
     ImageReader,
 )
 from debiascl.errors import ConfigError, DataError
+from debiascl.missing import missing_or_blank_mask
 
 
 def read_table(path: str | Path) -> Any:
@@ -47,12 +49,6 @@ def read_table(path: str | Path) -> Any:
     raise DataError(f"manifest {path} must end in .csv, .tsv, .parquet or .pq")
 
 
-def _is_missing(values: np.ndarray) -> np.ndarray:
-    import pandas as pd
-
-    return np.asarray(pd.isna(values), dtype=bool)
-
-
 def encode_column(
     values: Any, name: str, vocab: Mapping[str, int] | None, source: str
 ) -> tuple[np.ndarray, dict[str, int]]:
@@ -66,7 +62,7 @@ def encode_column(
     import pandas as pd
 
     series = pd.Series(values)
-    missing = _is_missing(series.to_numpy())
+    missing = missing_or_blank_mask(series.to_numpy())
     present = series[~missing]
     numeric = pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
     if vocab is not None and not vocab and not numeric and len(present):
@@ -170,7 +166,7 @@ class ManifestDataset(ImageFileDataset):
 
         root = Path(image_root) if image_root is not None else self.manifest.resolve().parent
         raw_paths = df[image_column].to_numpy()
-        empty = np.flatnonzero(_is_missing(raw_paths))
+        empty = np.flatnonzero(missing_or_blank_mask(raw_paths))
         if empty.size:
             raise DataError(
                 f"{empty.size} rows of {source} have no image path in column {image_column!r} "
@@ -184,7 +180,7 @@ class ManifestDataset(ImageFileDataset):
         texts = None
         if text_column is not None:
             raw = df[text_column].to_numpy()
-            empty = np.flatnonzero(_is_missing(raw))
+            empty = np.flatnonzero(missing_or_blank_mask(raw))
             if empty.size:
                 raise DataError(
                     f"{empty.size} rows of {source} have no text in column {text_column!r} "

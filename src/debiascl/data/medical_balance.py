@@ -10,6 +10,7 @@ import numpy as np
 
 from debiascl.data.medical_fields import CHEXPERT_5X200
 from debiascl.errors import DataError
+from debiascl.missing import missing_or_blank_mask
 
 
 # ----------------------------------------------------------------------------- balanced test set
@@ -48,9 +49,9 @@ def balanced_test_set(
         )
     if n_per_finding < 1:
         raise DataError(f"n_per_finding must be >= 1, got {n_per_finding}")
-    known = df[list(group_columns)].notna().all(axis=1)
-    for c in group_columns:
-        known &= df[c].astype(str) != ""
+    known = pd.Series(True, index=df.index)
+    for c in group_columns:  # the library's one definition of a missing value, blanks included
+        known &= ~missing_or_blank_mask(df[c])
     group = pd.Series(
         [
             " & ".join(f"{c}={v}" for c, v in zip(group_columns, row, strict=True))

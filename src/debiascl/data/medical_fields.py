@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from debiascl.errors import DataError
+from debiascl.missing import as_object_column, missing_or_blank_mask
 
 CHEXPERT_FINDINGS: tuple[str, ...] = (
     "No Finding",
@@ -146,13 +147,19 @@ def label_codes(values: Any, uncertain: Policy = "ignore", blank: Policy = "zero
             (U-Ones; Irvin et al., CheXpert, AAAI 2019).
         blank: what a blank (not mentioned) becomes; ``"zeros"`` is the usual choice.
     """
-    import pandas as pd
-
-    x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isnan(x) & ~np.isin(x, (1.0, 0.0, -1.0))
-    if bad.any():
+    col = as_object_column(values)
+    blank_cell = missing_or_blank_mask(col)  # every numpy/pandas marker and blank strings
+    x = np.full(len(col), np.nan)
+    bad = []
+    for i in np.flatnonzero(~blank_cell):
+        try:
+            x[i] = float(col[i])
+        except (TypeError, ValueError):
+            bad.append(col[i])
+    bad += [v for v in x[~blank_cell] if v == v and v not in (1.0, 0.0, -1.0)]
+    if bad:
         raise DataError(
-            f"finding labels must be 1, 0, -1 or blank; found {sorted(set(x[bad].tolist()))[:5]}"
+            f"finding labels must be 1, 0, -1 or blank; found {sorted(set(map(str, bad)))[:5]}"
         )
     to = {"ignore": -1, "zeros": 0, "ones": 1}
     out = np.where(x == 1.0, 1, 0).astype(np.int64)

@@ -1,7 +1,7 @@
 """Sensitive-attribute and target coding: missing values, intersections, target arrays.
 
 One definition of a missing attribute value (:func:`is_missing`: every numpy/pandas marker, the
-code ``-1`` and the empty string) and of missing targets (ignored, coded -1).
+code ``-1`` and a blank string) and of missing targets (ignored, coded -1).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from debiascl.errors import DataError
-from debiascl.missing import as_object_column, is_missing_marker
+from debiascl.missing import as_object_column, is_blank, is_missing_marker
 
 MISSING = -1  # attribute code of a sample whose attribute is unknown
 
@@ -45,12 +45,13 @@ def intersect(attributes: Mapping[str, Sequence], names: Sequence[str]) -> np.nd
 
 def is_missing(v: object) -> bool:
     """A missing attribute value: any numpy/pandas marker (None, NaN, pd.NA, pd.NaT, NaT, masked;
-    :func:`debiascl.missing.is_missing_marker`), the code ``-1`` or the empty string."""
+    :func:`debiascl.missing.is_missing_marker`), the code ``-1`` or a blank string
+    (:func:`debiascl.missing.is_blank`)."""
     if is_missing_marker(v):
         return True
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v == MISSING:
         return True
-    return isinstance(v, str) and v == ""
+    return is_blank(v)
 
 
 def group_key(v: object) -> object:
