@@ -72,6 +72,7 @@ def cached_backward(
     logit_scale: torch.Tensor | float | None = None,
     ctx: Any = None,
     no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ObjectiveOutput:
     """Accumulate the full-batch gradient of ``objective`` into the encoders' parameters.
 
@@ -79,6 +80,8 @@ def cached_backward(
         objective: the contrastive objective (tables update once, on the whole batch).
         encode_a, encode_b: map a micro-batch of inputs to (m, D) embeddings (for SimCLR both
             are the image encoder; for CLIP the image and the text encoder).
+        reference: optional stable embeddings ``(a_ref, b_ref)`` of the whole local batch, for
+            ``stable_glofnd`` (see :meth:`ContrastiveObjective.forward`).
         inputs_a, inputs_b: the local batch (tensors indexed on dim 0, or mappings of them).
         ids, labels, logit_scale, ctx: as for :meth:`ContrastiveObjective.forward`.
         micro_batch_size: rows embedded at once (the memory knob); >= 1.
@@ -101,7 +104,7 @@ def cached_backward(
             parts_b.append(encode_b(_slice(inputs_b, start, stop)))
     a = torch.cat(parts_a).requires_grad_()
     b = torch.cat(parts_b).requires_grad_()
-    out = objective(a, b, ids, labels=labels, logit_scale=logit_scale, ctx=ctx)
+    out = objective(a, b, ids, labels=labels, logit_scale=logit_scale, ctx=ctx, reference=reference)
     out.loss.backward()
     grad_a = a.grad if a.grad is not None else torch.zeros_like(a)
     grad_b = b.grad if b.grad is not None else torch.zeros_like(b)
