@@ -123,6 +123,8 @@ def group_mean_gap(
             xc = x - mu_k
             within = within + (wk[:, None] * xc).T @ xc
     gap = x.new_zeros(())
+    if not means:  # every usable row has weight 0 (e.g. only unlabelled rows under balance)
+        return z.sum() * 0.0
     if not whiten:
         for mass, mu_k in means:
             gap = gap + (mass / total) * (((mu_k - mu) / sigma) ** 2).mean()

@@ -77,7 +77,7 @@ class TermInputs:
 
     z: (n, D) rows (the embedding or feature ``fairness.on`` names, in the encoder's graph).
     attrs: (n, A) attribute codes, -1 = missing.
-    weights: (n, A) sample weights (``fairness.balance=label``) or None.
+    weights: (n, A) sample weights (``fairness.balance=label``; 0 where the label is -1) or None.
     labels: (n,) class codes (-1 = missing) or None when the batch has none.
     epoch: the fractional epoch the schedules read (0 outside training).
     step_epoch: the integer epoch of the step.

@@ -86,7 +86,10 @@ class FisherGapTerm(MeanGapTerm):
         if self.momentum == 0:
             return None
         m = self.momentum
-        if x.training:
+        usable = x.attrs[:, j] >= 0  # a batch without usable rows (e.g. every label unknown
+        if wj is not None:  # under fairness.balance=label) must not decay the estimate to 0
+            usable = usable & (wj > 0)
+        if x.training and bool(usable.any()):
             cov = within_group_covariance(x.z, x.attrs[:, j], k, wj).to(self.cov)
             self.cov[j] = m * self.cov[j] + (1 - m) * cov
             self.cov_steps[j] += 1

@@ -136,7 +136,12 @@ class FairnessTerms(nn.Module):
         return a, attrs
 
     def sample_weights(self, labels: Any, attrs: torch.Tensor) -> torch.Tensor | None:
-        """(n, A) P(a)/P(a|y) weights of rows with class ``labels`` (n,), or None (no balance)."""
+        """(n, A) P(a)/P(a|y) weights of rows with class ``labels`` (n,), or None (no balance).
+
+        A row whose label is unknown (-1) gets weight 0: the P(a)/P(a|y) balance is defined only
+        for labelled rows, so unlabelled rows are left out of every balanced statistic (at weight
+        1 they would bring back the class-attribute correlation the balance removes).
+        """
         if self.balance_table is None:
             return None
         if labels is None:
@@ -149,9 +154,13 @@ class FairnessTerms(nn.Module):
             raise DataError(f"{y.shape[0]} labels for {attrs.shape[0]} fairness rows")
         table = self.balance_table.to(attrs.device)
         known = y >= 0
-        yc = y.clamp_min(0)
+        yc = y.clamp_min(0)  # -1 must not index the last class: those rows get weight 0 below
         cols = [
-            torch.where(known & (attrs[:, j] >= 0), table[yc, j, attrs[:, j].clamp_min(0)], 1.0)
+            torch.where(
+                known,
+                torch.where(attrs[:, j] >= 0, table[yc, j, attrs[:, j].clamp_min(0)], 1.0),
+                0.0,
+            )
             for j in range(attrs.shape[1])
         ]
         return torch.stack(cols, 1)
