@@ -156,7 +156,13 @@ class EvalConfig(Section):
         default_factory=lambda: [1.0, 0.1, 0.01],
         description="labelled fractions of the training split, class-balanced",
     )
-    knn_k: int = Field(200, ge=1)
+    knn_k: int = Field(
+        200,
+        ge=1,
+        description="neighbours of the weighted kNN monitor (Wu et al., CVPR 2018); capped at "
+        "the smallest class's training count (with a warning), and the k used is reported as "
+        "knn.k in the results",
+    )
     knn_temperature: float = Field(0.1, gt=0)
     zero_shot: bool = True
     zero_shot_templates: list[str] = Field(
