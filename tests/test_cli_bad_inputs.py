@@ -312,9 +312,9 @@ def test_disk_full_during_checkpoint_keeps_previous_checkpoints(capsys, run_dir,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     before = snapshot(run_dir)
-    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     code, err = cli(capsys, train(run_dir, "--resume", "latest", "train.epochs=3"))
-    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     assert code == 3
     assert_one_line_error(err, "no space left on device", "previous file is intact")
     assert_untouched(before, run_dir, allow=("config.yaml",))

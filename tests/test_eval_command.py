@@ -124,12 +124,12 @@ def read_only(path: Path) -> Iterator[str]:
 
 # ------------------------------------------------------------------ item 13: read-only runs
 def test_eval_of_a_read_only_run_fails_before_any_work(capsys, run_dir, monkeypatch):
-    import debiascl.train.evaluate as evaluate
+    import debiascl.compose.evaluation as evaluation
 
     calls = []
-    real = evaluate.evaluate_model
+    real = evaluation.evaluate_model
     monkeypatch.setattr(
-        evaluate, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k)
+        evaluation, "evaluate_model", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     with read_only(run_dir):
         with pytest.raises(OSError):
@@ -279,8 +279,8 @@ def test_zero_shot_on_a_manifest_uses_generic_prompts_and_shows_the_classes(caps
 
 def test_zero_shot_templates_and_class_names_from_the_config(capsys, clip_run):
     from debiascl.config import load_config
+    from debiascl.eval.features import encode_split
     from debiascl.eval.zero_shot import class_embeddings, zero_shot_eval
-    from debiascl.train.evaluate import _features, trained_logit_scale
     from debiascl.train.trainer import Trainer
 
     overrides = ["eval.zero_shot_templates=['{} drawn small']", "eval.class_names={cat: kitty}"]
@@ -299,9 +299,9 @@ def test_zero_shot_templates_and_class_names_from_the_config(capsys, clip_run):
     trainer.objective.load_state_dict(state["objective"])
     trainer.model.eval()
     with __import__("torch").no_grad():
-        image = _features(trainer, trainer.model, lambda m, x: m.encode_image(x), "test")
+        image = encode_split(trainer.model, lambda m, x: m.encode_image(x), trainer.data, "test")
         emb = class_embeddings(trainer.model.encode_text, ["kitty", "dog"], ["{} drawn small"])
-        ref = zero_shot_eval(image.features, image.labels, emb, trained_logit_scale(trainer))
+        ref = zero_shot_eval(image.features, image.labels, emb, trainer.objective.logit_scale)
     assert zs["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-12)
 
 
@@ -312,9 +312,10 @@ def zs_checkpoint(results_file: Path) -> str:
 def test_builtin_dataset_keeps_its_caption_templates():
     from debiascl.config import load_config
     from debiascl.data.captions import prompt_templates
-    from debiascl.train.prompts import zero_shot_prompts
+    from debiascl.eval.prompts import zero_shot_prompts
 
-    prompts = zero_shot_prompts(load_config("digits_clip"), ["ankle boot", "zero"])
+    cfg = load_config("digits_clip")
+    prompts = zero_shot_prompts(["ankle boot", "zero"], cfg.data.dataset)
     assert prompts is not None and prompts.templates == prompt_templates()
     assert prompts.fill_names == ["an ankle boot", "a zero"]
 

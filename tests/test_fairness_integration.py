@@ -18,7 +18,7 @@ import torch
 from debiascl.cli import main
 from debiascl.config import load_config
 from debiascl.errors import ConfigError
-from debiascl.train.fairness_eval import HEADLINE_KEYS, validation_rows
+from debiascl.eval.run_audit import HEADLINE_KEYS, validation_rows
 
 TRAIN, TEST = 600, 300
 
@@ -150,7 +150,6 @@ def test_validation_rows_split_training_data() -> None:
 
 
 def test_unknown_audit_attribute_is_a_config_error(tmp_path: Path) -> None:
-    from debiascl.train.evaluate import evaluate_model
     from debiascl.train.trainer import Trainer
 
     cfg = load_config(
@@ -159,18 +158,18 @@ def test_unknown_audit_attribute_is_a_config_error(tmp_path: Path) -> None:
     )
     trainer = Trainer(cfg, run_dir=tmp_path / "x")
     with pytest.raises(ConfigError, match="sex"):
-        evaluate_model(trainer)
+        trainer.evaluate()
 
 
 def test_plain_data_has_no_audit(tmp_path: Path) -> None:
-    from debiascl.train.fairness_eval import has_attributes
+    from debiascl.eval.run_audit import has_attributes
     from debiascl.train.trainer import Trainer
 
     cfg = load_config(
         "fmnist_clip",
         [*_overrides(tmp_path / "y"), "data.dataset=fashion_mnist", "fairness.terms=[]"],
     )
-    assert not has_attributes(Trainer(cfg, run_dir=tmp_path / "y"))
+    assert not has_attributes(Trainer(cfg, run_dir=tmp_path / "y").data)
 
 
 def test_feature_adversary_with_balance_and_mean_gap_trains(tmp_path: Path) -> None:

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from debiascl.checkpoint.legacy import OLD_MODEL_KEY, SCALE_KEY
+from debiascl.compose import build_loss, build_objective
 from debiascl.config import load_config
 from debiascl.config.loader import BUILTIN_DIR
 from debiascl.config.schema import MOVED_KEYS
 from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError
-from debiascl.compose import build_loss, build_objective
+from debiascl.eval import run as evaluate_module
 from debiascl.objectives import ContrastiveObjective, InfoNCELoss
 from debiascl.objectives.scale import LogitScale
 from debiascl.registry import LOSSES
-from debiascl.train import evaluate as evaluate_module
-from debiascl.train.legacy import OLD_MODEL_KEY, SCALE_KEY
 from debiascl.train.trainer import Trainer
 
 CPU = ["train.device=cpu", "train.batch_size=32"]
@@ -176,9 +176,7 @@ def test_zero_shot_uses_the_trained_scale(
         return real(image, labels, class_emb, logit_scale, names)
 
     monkeypatch.setattr(evaluate_module, "zero_shot_eval", spy)
-    trainer.model.eval()
-    with torch.no_grad():
-        evaluate_module._image_text_results(trainer, trainer.model)
+    trainer.evaluate(references=False)  # the trainer's own evaluation path
     trained = trainer.objective.logit_scale
     assert seen == [pytest.approx(trained)]
     if expected is not None:

@@ -31,21 +31,24 @@ DRAWS = 3
 def group_accuracy(run_dir: Path) -> dict[str, float]:
     import torch
 
-    from debiascl.config import load_config
+    from debiascl.checkpoint import OLD_MODEL_KEY, load_weights, resolve_resume
+    from debiascl.compose import build_data, build_model
+    from debiascl.config import load_run_config
+    from debiascl.eval.features import encode_split
     from debiascl.eval.linear_probe import few_shot_subset
-    from debiascl.train import checkpoint as ckpt
-    from debiascl.train.evaluate import _backbone, _features
-    from debiascl.train.trainer import Trainer
+    from debiascl.eval.run import backbone
 
-    cfg = load_config(str(run_dir / "config.yaml"), ["checkpoint.resume=null"])
-    trainer = Trainer(cfg, run_dir=run_dir)
+    cfg = load_run_config(run_dir)  # a config saved by an older version is migrated
+    data = build_data(cfg.data, cfg.seed)
+    model = build_model(cfg.model, cfg.data.mode, data.channels, data.info.texts)
     # The run's own config.yaml rebuilt the model, so the fingerprint check is not needed here.
-    state = ckpt.load_checkpoint(ckpt.resolve_resume("latest", run_dir), None)
-    trainer.model.load_state_dict(state["model"])
-    trainer.model.eval()
+    model_state, _ = load_weights(resolve_resume("latest", run_dir))
+    model_state.pop(OLD_MODEL_KEY, None)  # the temperature the model held before the loss
+    model.load_state_dict(model_state)
+    model.eval()
     with torch.no_grad():
-        tr = _features(trainer, trainer.model, _backbone, "train")
-        te = _features(trainer, trainer.model, _backbone, "test")
+        tr = encode_split(model, backbone, data, "train")
+        te = encode_split(model, backbone, data, "test")
     tx, ty = tr.features.numpy(), tr.labels.numpy()
     vx, vy = te.features.numpy(), te.labels.numpy()
     rare = sorted(cfg.data.subsample_classes)

@@ -21,19 +21,22 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from debiascl.config import load_config
+from debiascl.checkpoint import OLD_MODEL_KEY, load_weights
 from debiascl.compose import build_augment, build_data, build_model
+from debiascl.config import load_run_config
 from debiascl.data.augment import EvalTransform
 from debiascl.fairness.adversary import AdversarialFairness, AttributeSpec
 
 
 def main(run: Path) -> None:
     torch.set_num_threads(1)
-    cfg = load_config(str(run / "config.yaml"), [])
+    cfg = load_run_config(run)  # a config saved by an older version is migrated
     data = build_data(cfg.data, cfg.seed)
     model = build_model(cfg.model, cfg.data.mode, data.channels, corpus=data.info.texts)
     last = sorted((run / "checkpoints").glob("epoch*.pt"))[-1]
-    model.load_state_dict(torch.load(last, weights_only=False, map_location="cpu")["model"])
+    state, _ = load_weights(last)
+    state.pop(OLD_MODEL_KEY, None)  # the temperature the model held before the loss did
+    model.load_state_dict(state)
     model.eval()
     torch.manual_seed(0)
     attr = torch.as_tensor(np.asarray(data.train.attrs)[:, 0]).long()

@@ -29,24 +29,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diagnose import N_VAL, _encode
 
-from debiascl.config import load_config
+from debiascl.checkpoint import OLD_MODEL_KEY, load_weights
+from debiascl.compose import build_data, build_model
+from debiascl.config import load_run_config
 from debiascl.data.synthetic_attr import load_synthetic_attr
-from debiascl.train.checkpoint import load_checkpoint
-from debiascl.train.trainer import Trainer
 
 
 def main(runs: list[str]) -> int:
     torch.set_num_threads(1)
     for run in runs:
-        cfg = load_config(f"{run}/config.yaml", [])
-        tr = Trainer(cfg)
-        tr.model.load_state_dict(load_checkpoint(Path(run) / "checkpoints" / "best.pt")["model"])
-        model = tr.model.eval()
+        cfg = load_run_config(run)  # a config saved by an older version is migrated
+        data = build_data(cfg.data, cfg.seed)
+        model = build_model(cfg.model, cfg.data.mode, data.channels, data.info.texts)
+        state, _ = load_weights(Path(run) / "checkpoints" / "best.pt")
+        state.pop(OLD_MODEL_KEY, None)  # the temperature the model held before the loss did
+        model.load_state_dict(state)
+        model.eval()
         full = load_synthetic_attr("train", 0.5, cfg.data.synthetic_style, seed=0)
-        used = set(np.asarray(tr.data.train.ids).tolist())
+        used = set(np.asarray(data.train.ids).tolist())
         free = np.array([i for i in range(len(full.labels)) if i not in used])
         rows = np.sort(np.random.default_rng(1234).choice(free, N_VAL, replace=False))
-        enc = _encode(model, full.images[rows], tr.data.image_size, tr.data.channels)
+        enc = _encode(model, full.images[rows], data.image_size, data.channels)
         x = enc["embedding_l2"].double().numpy()
         a = full.attrs[rows].numpy()
         d = x[a == 1].mean(0) - x[a == 0].mean(0)

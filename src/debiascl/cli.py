@@ -26,14 +26,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append(f"checkpoint.resume={args.resume}")
     cfg = load_config(args.config, overrides)
-    from debiascl.train.eval_run import ensure_writable_dir
+    from debiascl.compose.run_eval import ensure_writable_dir
 
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.output_dir) / cfg.name
     ensure_writable_dir(run_dir, "choose a writable --run-dir (or output_dir)")  # before any work
     trainer = Trainer(cfg, run_dir=run_dir)
     summary = trainer.fit(evaluate=not args.no_eval)
     if trainer.is_main:
-        from debiascl.train.evaluate import format_summary
+        from debiascl.eval.summary import format_summary
 
         if not args.no_eval:
             print(format_summary(summary))
@@ -42,7 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from debiascl.train.evaluate import evaluate_run_dir, format_summary
+    from debiascl.compose.run_eval import evaluate_run_dir
+    from debiascl.eval.summary import format_summary
 
     def show(results: dict) -> None:  # printed before saving: a failed save loses nothing
         print(format_summary(results))

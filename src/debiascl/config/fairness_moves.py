@@ -60,10 +60,14 @@ def _flow(entry: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in entry.items()) + "}"
 
 
-def new_spelling(old: dict[str, Any]) -> list[str]:
-    """The replacement of an old ``fairness`` section's flat keys, as ``key: value`` phrases."""
+def new_settings(old: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str | None, dict]:
+    """What replaces an old ``fairness`` section's flat keys.
+
+    Returns:
+        (``fairness.terms`` entries, or None when fairness was off; ``fairness.view`` when it
+        was not the default, else None; ``eval.fairness_audit`` settings that were changed).
+    """
     get = old.get
-    out: list[str] = []
     terms: list[dict[str, Any]] = []
     adv_weight = float(get("weight", 1.0))
     sched = {k: get(k, d) for k, d in _SCHEDULE.items() if get(k, d) != d}
@@ -87,13 +91,26 @@ def new_spelling(old: dict[str, Any]) -> list[str]:
         if adv_weight > 0:  # the penalty followed the adversary's schedule
             entry.update(sched)
         terms.append(entry)
-    if get("enabled", False):
+    view = get("adversary_view", "augmented")
+    audit = {
+        new: get(key) for key, (default, new) in _AUDIT.items() if get(key, default) != default
+    }
+    return (
+        (terms if get("enabled", False) else None),
+        (view if view != "augmented" else None),
+        audit,
+    )
+
+
+def new_spelling(old: dict[str, Any]) -> list[str]:
+    """The replacement of an old ``fairness`` section's flat keys, as ``key: value`` phrases."""
+    terms, view, audit = new_settings(old)
+    out: list[str] = []
+    if terms is not None:
         out.append("fairness.terms: [" + ", ".join(_flow(t) for t in terms) + "]")
-    if get("adversary_view", "augmented") != "augmented":
-        out.append(f"fairness.view: {get('adversary_view')}")
-    for key, (default, new) in _AUDIT.items():
-        if get(key, default) != default:
-            out.append(f"eval.fairness_audit.{new}: {get(key)}")
+    if view is not None:
+        out.append(f"fairness.view: {view}")
+    out.extend(f"eval.fairness_audit.{key}: {value}" for key, value in audit.items())
     return out
 
 

@@ -12,11 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
+from debiascl.data.augment import EvalTransform
+from debiascl.data.build import DataBundle, make_loader
 from debiascl.errors import DataError, check
 
 Batch = Mapping[str, Any]
+#: rows per forward pass when a run's splits are encoded
+EVAL_BATCH = 512
 
 
 @dataclass
@@ -235,3 +240,35 @@ def extract_features(
         texts=texts if has_text else None,
         attrs=attrs,
     )
+
+
+def encode_split(
+    model: nn.Module,
+    encode: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    data: DataBundle,
+    split: str,
+    device: torch.device | str = "cpu",
+) -> FeatureSet:
+    """Features of a run's ``train`` or ``test`` split: evaluation transform, then ``encode``.
+
+    Args:
+        model: passed to ``encode`` (in ``eval()`` mode, the caller's business).
+        encode: ``(model, images) -> (b, D)``, images (b, C, H, W) after the evaluation
+            transform (resize, channels, normalisation as in training) on ``device``.
+        data: the splits and the image size and channels the model receives.
+        split: ``train`` or ``test``.
+
+    Raises:
+        DataError: the data has no such split.
+    """
+    dataset = data.train if split == "train" else data.test
+    if dataset is None:
+        raise DataError(f"the data has no {split} split to evaluate on")
+    device = torch.device(device)
+    transform = EvalTransform(data.image_size, data.channels).to(device)
+    loader = make_loader(dataset, EVAL_BATCH, train=False, seed=0)
+
+    def run(batch: Batch) -> torch.Tensor:
+        return encode(model, transform(batch["image"].to(device)))
+
+    return extract_features(run, loader, device, desc=f"features ({split})")

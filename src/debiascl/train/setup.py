@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-import random
 from contextlib import AbstractContextManager, nullcontext
 
-import numpy as np
 import torch
 
 from debiascl.config.schema import TrainConfig
 from debiascl.errors import ConfigError
+from debiascl.seeding import seed_everything
+
+__all__ = ["autocast", "autocast_dtype", "configure_torch", "seed_everything", "select_device"]
 
 
 def select_device(name: str) -> torch.device:
@@ -20,12 +21,6 @@ def select_device(name: str) -> torch.device:
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     return torch.device("cuda", local_rank)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def configure_torch(cfg: TrainConfig) -> None:

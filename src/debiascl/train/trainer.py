@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 
 from debiascl import __version__
 from debiascl import distributed as dist_utils
+from debiascl.checkpoint.legacy import split_logit_scale
 from debiascl.compose import build_augment, build_data, build_model, build_objective
+from debiascl.compose.evaluation import evaluate_run_model
 from debiascl.compose.objective import build_reference
 from debiascl.config import RunConfig
 from debiascl.data.augment import EvalTransform
@@ -36,7 +38,6 @@ from debiascl.fairness_build import build_fairness_terms
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.atomic import atomic_write_text, remove_stale_temp_files
-from debiascl.train.legacy import split_logit_scale
 from debiascl.train.logging import RunLogger
 from debiascl.train.optim import build_optimizer, warmup_cosine
 from debiascl.train.removed_pairs import attach_removed_pairs, save_removed_pairs
@@ -786,12 +787,22 @@ class Trainer:
         )
 
     def evaluate(self, references: bool = False) -> dict[str, Any]:
-        """Frozen-feature evaluation of the current model (rank 0 computes, others wait)."""
-        from debiascl.train.evaluate import evaluate_model
+        """Frozen-feature evaluation of the current model (rank 0 computes, others wait).
 
+        :func:`debiascl.eval.run.evaluate_model` on the model, the data and the loss's trained
+        logit scale, with the run's ``eval`` settings; files go into the run directory.
+        """
         results: dict[str, Any] = {}
         if self.is_main:
-            results = evaluate_model(self, references=references)
+            results = evaluate_run_model(
+                self.cfg,
+                self.model,
+                self.data,
+                self.objective.logit_scale,
+                self.device,
+                self.run_dir,
+                references,
+            )
         dist_utils.barrier()
         return results
 

@@ -1,34 +1,38 @@
-"""The fairness audit of a trained run (DESIGN 3.6 and 4), called from ``evaluate_model``.
+"""The fairness audit of a trained model (DESIGN 3.6 and 4), called from ``evaluate_model``.
+
+Settings: :class:`~debiascl.eval.settings.AuditSettings` (``eval.fairness_audit`` of a run).
 
 When the data carries sensitive attributes (``data.attribute_columns`` or
 ``dataset=synthetic_attr``), :func:`fairness_results` audits the frozen model:
 
 * **zero-shot** (``image_text``): prompt-ensemble class embeddings, softmax over
   ``logit_scale * cos``, the full fairness report per attribute;
-* **few-shot** linear probes: ``eval.fairness_audit.few_shot_k`` labelled images per class drawn from the
-  training split, ``eval.fairness_audit.few_shot_seeds`` draws, each audited;
+* **few-shot** linear probes: ``few_shot_k`` labelled images per class drawn from the training
+  split, ``few_shot_seeds`` draws, each audited;
 * **leakage probes**: a fresh logistic regression trained on frozen training-split embeddings to
-  predict each attribute, scored on the test split, both on the embedding the adversary sees
-  (``fairness.on``) and on the backbone features (what the adversary cannot reach directly).
+  predict each attribute, scored on the test split, both on the embedding the fairness terms
+  see (``settings.fairness_audit.on``, from ``fairness.on``) and on the backbone features (what
+  the terms cannot reach directly).
 
 Decision thresholds come from a **validation split carved from the training data**
-(``eval.fairness_audit.val_fraction``, class-stratified, seeded by the run seed); the test split is only
-scored. Probes are fitted on the remaining training rows. The audit is returned under
-``"fairness"`` (summary.json / eval.json), and :func:`~debiascl.eval.fairness_audit.format_audit`
-of it is written to ``<run_dir>/fairness.txt`` and printed.
+(``val_fraction``, class-stratified, seeded by the run seed); the test split is only scored.
+Probes are fitted on the remaining training rows. The audit is returned under ``"fairness"``
+(summary.json / eval.json), and :func:`~debiascl.eval.fairness_audit.format_audit` of it is
+written to ``<out_dir>/fairness.txt`` and printed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from debiascl.data.augment import EvalTransform
-from debiascl.data.build import make_loader, stratified_subset
+from debiascl.atomic import atomic_write_text
+from debiascl.data.build import DataBundle, stratified_subset
 from debiascl.errors import ConfigError, DataError
 from debiascl.eval.fairness_audit import (
     few_shot_audit,
@@ -36,15 +40,11 @@ from debiascl.eval.fairness_audit import (
     leakage_probe,
     zero_shot_audit,
 )
-from debiascl.eval.features import FeatureSet, extract_features
+from debiascl.eval.features import EVAL_BATCH, FeatureSet, encode_split
+from debiascl.eval.prompts import zero_shot_prompts
+from debiascl.eval.settings import EvalSettings
 from debiascl.eval.zero_shot import class_embeddings
-from debiascl.train.atomic import atomic_write_text
-from debiascl.train.prompts import zero_shot_prompts
 
-if TYPE_CHECKING:
-    from debiascl.train.trainer import Trainer
-
-EVAL_BATCH = 512
 #: headline numbers copied to ``fairness["headline"]`` (first audited attribute) for tables
 HEADLINE_KEYS = (
     "leakage_embedding_accuracy",
@@ -59,16 +59,8 @@ HEADLINE_KEYS = (
 )
 
 
-def _trained_logit_scale(trainer: Trainer) -> float:
-    """The logit scale the run trained with (the loss owns the temperature)."""
-    scale = trainer.objective.logit_scale
-    assert scale is not None, "the trainer's loss always owns its temperature"
-    return scale
-
-
-def has_attributes(trainer: Trainer) -> bool:
+def has_attributes(data: DataBundle) -> bool:
     """True when both splits carry sensitive attributes (the audit applies)."""
-    data = trainer.data
     return (
         bool(data.attr_names)
         and data.test is not None
@@ -77,23 +69,10 @@ def has_attributes(trainer: Trainer) -> bool:
     )
 
 
-def _extract(
-    trainer: Trainer, model: nn.Module, encode: Callable[[nn.Module, torch.Tensor], Any], split: str
-) -> FeatureSet:
-    dataset = trainer.data.train if split == "train" else trainer.data.test
-    transform = EvalTransform(trainer.data.image_size, trainer.data.channels).to(trainer.device)
-    loader = make_loader(dataset, EVAL_BATCH, train=False, seed=0)
-
-    def run(batch: dict[str, Any]) -> torch.Tensor:
-        return encode(model, transform(batch["image"].to(trainer.device)))
-
-    return extract_features(run, loader, trainer.device, desc=f"fairness features ({split})")
-
-
-def _image_encoder(trainer: Trainer) -> Callable[[nn.Module, torch.Tensor], Any]:
-    if trainer.cfg.data.mode == "image_text":
+def _image_encoder(mode: str) -> Callable[[nn.Module, torch.Tensor], Any]:
+    if mode == "image_text":
         return lambda m, x: m.encode_image(x)
-    return lambda m, x: m(x)  # image_image: the projection output the loss (and adversary) sees
+    return lambda m, x: m(x)  # image_image: the projection output the loss (and terms) see
 
 
 def _text_embeddings(model: nn.Module, fs: FeatureSet) -> torch.Tensor:
@@ -169,31 +148,37 @@ def _headline(audit: dict[str, Any], attr: str) -> dict[str, float | None]:
 
 @torch.no_grad()
 def fairness_results(
-    trainer: Trainer,
     model: nn.Module,
+    data: DataBundle,
+    settings: EvalSettings,
     train_fs: FeatureSet,
     test_fs: FeatureSet,
+    logit_scale: float | None = None,
+    device: torch.device | str = "cpu",
+    out_dir: Path | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
     """``{"fairness": audit}`` when the data has sensitive attributes, else ``{}``.
 
     Args:
-        trainer: gives config, data, device and run directory.
         model: the frozen model (in eval mode).
+        data: the splits (with attributes), mode, class and attribute names.
+        settings: ``settings.fairness_audit`` and the zero-shot prompt settings.
         train_fs, test_fs: backbone features of the train and test splits (as extracted by
             ``evaluate_model``; rows carry labels, ids and attributes).
-        write: write ``fairness.txt`` into the run directory and print the table.
+        logit_scale: 1 / t the model trained with (zero-shot audit of image-text models).
+        device: where the model runs.
+        out_dir: ``fairness.txt`` goes here (None: not written).
+        write: write ``fairness.txt`` (with ``out_dir``) and print the table.
 
     Returns:
         ``{"fairness": {"audited_attributes", "validation", "zero_shot", "few_shot", "leakage":
         {"embedding": {attr: probe}, "backbone": {attr: probe}}, "headline", "note"}}``.
     """
-    if not has_attributes(trainer):
+    if not has_attributes(data):
         return {}
-    cfg = trainer.cfg
-    fc = cfg.fairness
-    au = cfg.eval.fairness_audit
-    data = trainer.data
+    au = settings.fairness_audit
+    on = au.on
     names = list(au.attributes or data.attr_names)
     unknown = [a for a in names if a not in data.attr_names]
     if unknown:
@@ -204,11 +189,12 @@ def fairness_results(
     if train_fs.labels is None or not bool((train_fs.labels >= 0).any()):
         return {}  # every audit here needs class labels
     # image embeddings (zero-shot; the adversary's view for fairness.on=image)
-    needs_image = fc.on == "image" or cfg.data.mode == "image_text"
+    needs_image = on == "image" or data.mode == "image_text"
     train_img = test_img = None
     if needs_image:
-        train_img = _extract(trainer, model, _image_encoder(trainer), "train").features
-        test_img = _extract(trainer, model, _image_encoder(trainer), "test").features
+        encode = _image_encoder(data.mode)
+        train_img = encode_split(model, encode, data, "train", device).features
+        test_img = encode_split(model, encode, data, "test", device).features
     # unlabelled rows (label -1) sit out of the audit; evaluate_model reports how many
     keep_tr = train_fs.labels >= 0
     keep_te = test_fs.labels >= 0 if test_fs.labels is not None else None
@@ -219,9 +205,9 @@ def fairness_results(
             train_img = train_img[keep_tr]
             test_img = test_img if keep_te is None else test_img[keep_te]
     assert train_fs.labels is not None
-    if fc.on == "text":
+    if on == "text":
         train_emb, test_emb = _text_embeddings(model, train_fs), _text_embeddings(model, test_fs)
-    elif fc.on == "feature":
+    elif on == "feature":
         train_emb, test_emb = train_fs.features, test_fs.features
     else:
         assert train_img is not None and test_img is not None
@@ -239,7 +225,7 @@ def fairness_results(
     }
     y_train = train_fs.labels.numpy()
     y_test = test_fs.labels.numpy() if test_fs.labels is not None else None
-    val, fit = validation_rows(train_fs.labels, au.val_fraction, cfg.seed)
+    val, fit = validation_rows(train_fs.labels, au.val_fraction, settings.seed)
     report_kwargs: dict[str, Any] = {
         "intersections": [tuple(i) for i in au.intersections],
         "known_values": known,
@@ -256,20 +242,17 @@ def fairness_results(
             "n_test": len(test_fs),
             "threshold_rule": au.threshold_rule,
         },
-        "embedding": fc.on,
+        "embedding": on,
     }
-    if cfg.data.dataset == "synthetic_attr":
+    if settings.dataset == "synthetic_attr":
         audit["note"] = "SYNTHETIC attribute (synthetic_attr benchmark), not a demographic audit"
     # zero-shot
-    if (
-        cfg.data.mode == "image_text"
-        and cfg.eval.zero_shot
-        and data.class_names
-        and y_test is not None
-    ):
+    if data.mode == "image_text" and settings.zero_shot and data.class_names and y_test is not None:
         assert train_img is not None and test_img is not None
-        prompts = zero_shot_prompts(cfg, data.class_names)
-        assert prompts is not None
+        prompts = zero_shot_prompts(
+            data.class_names, settings.dataset, settings.zero_shot_templates, settings.class_names
+        )
+        assert prompts is not None and logit_scale is not None
         class_emb = class_embeddings(
             lambda texts: model.encode_text(texts), prompts.fill_names, prompts.templates
         ).cpu()
@@ -280,10 +263,10 @@ def fairness_results(
             y_test,
             test_attrs,
             class_emb,
-            logit_scale=_trained_logit_scale(trainer),
+            logit_scale=logit_scale,
             decision=au.threshold_rule,
             bootstrap=au.bootstrap,
-            seed=cfg.seed,
+            seed=settings.seed,
             **report_kwargs,
         )
     # few-shot probes on the adversary's embedding
@@ -314,18 +297,18 @@ def fairness_results(
                     train_codes[a][fit],
                     te_x,
                     test_codes[a],
-                    seed=cfg.seed,
+                    seed=settings.seed,
                 )
         audit["leakage"] = leak
     audit["headline"] = _headline(audit, names[0])
     if write:
         text = format_audit({k: v for k, v in audit.items() if k != "headline"})
-        header = f"Fairness audit ({', '.join(names)}; embedding: {fc.on})"
+        header = f"Fairness audit ({', '.join(names)}; embedding: {on})"
         if "note" in audit:
             header += f"\n{audit['note']}"
         text = f"{header}\n\n{text}\n"
-        if trainer.run_dir is not None:
-            trainer.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(trainer.run_dir / "fairness.txt", text)
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(out_dir) / "fairness.txt", text)
         print(text)
     return {"fairness": audit}

@@ -1,4 +1,4 @@
-"""Which class names and prompt templates zero-shot evaluation uses (composition layer).
+"""Which class names and prompt templates zero-shot evaluation uses.
 
 * ``eval.zero_shot_templates`` set: those templates, with the (readable) class name put into
   ``{}`` as it is, e.g. ``"a chest X-ray showing {}."``.
@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from debiascl.config.schema import RunConfig
 from debiascl.data.captions import prompt_templates, with_article
 from debiascl.errors import ConfigError
 from debiascl.eval.zero_shot import GENERIC_TEMPLATES
@@ -67,16 +66,29 @@ def readable_class_names(
     return [n.replace("_", " ") for n in names]
 
 
-def zero_shot_prompts(cfg: RunConfig, data_names: Sequence[str] | None) -> ZeroShotPrompts | None:
-    """The prompts for ``cfg`` (see the module docstring); None when the classes have no names."""
+def zero_shot_prompts(
+    data_names: Sequence[str] | None,
+    dataset: str = "",
+    templates: Sequence[str] = (),
+    class_names: Sequence[str] | dict[str, str] | None = None,
+) -> ZeroShotPrompts | None:
+    """The prompts for the data (see the module docstring); None when the classes have no names.
+
+    Args:
+        data_names: the data's class names in label order.
+        dataset: the data's registered name (built-in captioned datasets use their captions).
+        templates: ``eval.zero_shot_templates`` (empty: by dataset).
+        class_names: ``eval.class_names`` (list in label order or mapping; empty: the data's).
+
+    Raises:
+        ConfigError: ``class_names`` does not fit the data's classes.
+    """
     if not data_names:
         return None
-    names = readable_class_names(data_names, cfg.eval.class_names or None)
-    if cfg.eval.zero_shot_templates:
-        return ZeroShotPrompts(
-            names, names, list(cfg.eval.zero_shot_templates), "eval.zero_shot_templates"
-        )
-    if cfg.data.dataset in CAPTIONED_BUILTINS:
+    names = readable_class_names(data_names, class_names or None)
+    if templates:
+        return ZeroShotPrompts(names, names, list(templates), "eval.zero_shot_templates")
+    if dataset in CAPTIONED_BUILTINS:
         filled = [with_article(n) for n in names]
         return ZeroShotPrompts(names, filled, prompt_templates(), "caption templates")
     return ZeroShotPrompts(names, names, list(GENERIC_TEMPLATES), "generic")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 #: The model's logit-scale entry in checkpoints written before the loss owned the temperature.
@@ -43,3 +44,31 @@ def split_logit_scale(
     if old is not None and SCALE_KEY in own:  # the old learned scale was the trained one
         objective_state[SCALE_KEY] = old
     return model_state, objective_state
+
+
+#: Where a fixed scale lives in the objective's state.
+FIXED_KEY = "loss_fn.scale.fixed"
+
+
+def trained_logit_scale(
+    model_state: dict[str, Any],
+    objective_state: dict[str, Any],
+    temperature: float,
+    learnable: bool,
+) -> float:
+    """The logit scale 1 / t a checkpoint trained with, read without building the objective.
+
+    Current checkpoints carry it in the objective's state (``loss_fn.scale.log_scale``, learned,
+    or ``loss_fn.scale.fixed``); the value is computed as :class:`~debiascl.objectives.scale.
+    LogitScale` computes it (float32), so it is bit-equal to the built objective's. Checkpoints
+    from before the loss owned the scale: the model's ``log_logit_scale`` when the loss learns
+    its temperature (``learnable``), else ``1 / temperature`` (as :func:`split_logit_scale`).
+    """
+    if SCALE_KEY in objective_state:
+        return float(objective_state[SCALE_KEY].float().exp())
+    if FIXED_KEY in objective_state:
+        return float(objective_state[FIXED_KEY].float())
+    old = model_state.get(OLD_MODEL_KEY)
+    if learnable and old is not None:
+        return float(torch.as_tensor(old).float().exp())
+    return float(torch.tensor(1.0 / temperature, dtype=torch.float32))
