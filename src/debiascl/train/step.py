@@ -1,0 +1,154 @@
+"""One optimisation step of :class:`~debiascl.train.trainer.Trainer`.
+
+Encode the batch (two views, or image + text), evaluate the contrastive objective and the
+fairness terms, back-propagate through the AMP scaler, guard against non-finite values and turn
+out-of-memory into a message that names the step. A mixin: the methods read the trainer's model,
+objective, optimiser, scaler and config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from debiascl.errors import TrainingError
+from debiascl.objectives import StepContext
+from debiascl.train.setup import autocast
+
+
+class StepMixin:
+    """The step methods of :class:`~debiascl.train.trainer.Trainer`."""
+
+    def _embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        with autocast(self.device, self.amp_dtype):
+            if self.cfg.data.mode == "image_image":
+                v1, v2 = self.augment(images)
+                self._model_inputs = (torch.cat([v1, v2]),)
+                z = self.ddp_model(*self._model_inputs)
+                a, b = z.float().chunk(2)
+            else:
+                self._model_inputs = (self.augment(images), list(batch["text"]))
+                a, b = self.ddp_model(*self._model_inputs)
+                a, b = a.float(), b.float()
+        return a, b
+
+    def _embed_reference(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stable encoder's embeddings of the inputs of the last :meth:`_embed` (no grad)."""
+        if self.reference is None:
+            return None
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
+            if self.cfg.data.mode == "image_image":
+                a, b = self.reference(*self._model_inputs).float().chunk(2)
+            else:
+                a, b = self.reference(*self._model_inputs)
+        return a.float(), b.float()
+
+    def _embed_clean(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(b, D) image embedding of the un-augmented batch, in the graph (for the adversary).
+
+        ``fairness.view=clean``: the fairness terms should see what evaluation sees (random
+        crops can cut an attribute such as a border away from the training views). One extra
+        forward of the evaluation transform through the same (DDP) model after the contrastive
+        one; the text tower's output is discarded (MiniLM caches frozen text).
+        """
+        images = self.eval_transform(batch["image"].to(self.device, non_blocking=True))
+        with autocast(self.device, self.amp_dtype):
+            if self.cfg.data.mode == "image_image":
+                return self.ddp_model(images).float()
+            return self.ddp_model(images, list(batch["text"]))[0].float()
+
+    def train_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
+        ids = batch["index"].to(self.device)
+        labels = batch.get("label")
+        # -1 marks an unlabelled row: diagnostics and the oracle count only pairs whose labels
+        # are both known; a dataset without any label passes None.
+        if labels is not None and self.info.labels is not None:
+            labels = labels.to(self.device)
+        else:
+            labels = None
+        a, b = self._embed(batch)
+        reference = self._embed_reference()  # None unless the detector needs stable embeddings
+        # the loss owns its temperature
+        out = self.objective(a, b, ids, labels, ctx=ctx, reference=reference)
+        loss = out.loss
+        logs = {"loss": float(out.value), **out.logs}
+        if self.fairness is not None:  # named loss terms, summed and each logged
+            clean = self._embed_clean(batch) if self.eval_transform is not None else None
+            terms, term_logs = self.fairness(a, b, batch, ctx, clean=clean)
+            for name, term in terms.items():
+                loss = loss + term
+                logs[f"loss/{name}"] = float(term.detach())
+            logs.update(term_logs)
+        if not torch.isfinite(loss):
+            return self._nonfinite(ctx, "loss", logs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.objective.sync_gradients()  # a learned temperature is outside the DDP model
+        self.scaler.unscale_(self.optimizer)
+        # With fp16 loss scaling, overflowing gradients are routine: GradScaler skips that step
+        # and lowers the scale, so the guard only looks at gradients without a scaler.
+        if not self.scaler.is_enabled() and not self._grads_finite():
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.fairness is not None:  # nor may a discriminator keep this step's grads
+                self.fairness.zero_grad(set_to_none=True)
+            return self._nonfinite(ctx, "gradient", logs)
+        self.scaler.step(self.optimizer)
+        if self.reference is not None:
+            self.reference.update(self.model)
+        self.objective.clamp_logit_scale_()  # cap the stored value, not the forward (CLIP)
+        if self.fairness is not None:
+            # a discriminator's gradients come from the same scaled backward, so its optimiser
+            # is unscaled and stepped through the scaler too, before the scale is updated
+            self.fairness.after_step(self.scaler)
+        self.scaler.update()
+        self.scheduler.step()
+        logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        return logs
+
+    def _grads_finite(self) -> bool:
+        """One device sync: the sum of gradient norms is finite iff every gradient is."""
+        params = [*self.model.parameters(), *self.objective.parameters()]
+        norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        return not norms or bool(torch.isfinite(torch.stack(norms).sum()))
+
+    def _nonfinite(self, ctx: StepContext, what: str, logs: dict[str, float]) -> dict[str, float]:
+        if self.cfg.train.on_nonfinite == "skip":
+            # The parameters stay as they were; the schedule still advances so the learning
+            # rate stays a function of the step count.
+            self.scheduler.step()
+            logs["skipped"] = 1.0
+            return logs
+        where = (
+            f"; the last good checkpoint {self.last_checkpoint} is kept"
+            if self.last_checkpoint is not None
+            else ""
+        )
+        raise TrainingError(
+            f"non-finite {what} at epoch {ctx.epoch + 1} step {ctx.step + 1} "
+            f"(loss={logs.get('loss')}){where} — lower optim.lr or raise loss.temperature, "
+            "or set train.on_nonfinite=skip"
+        )
+
+    def _guarded_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
+        """:meth:`train_step`, with out-of-memory turned into a message naming the step."""
+        try:
+            return self.train_step(batch, ctx)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if not _is_oom(err):
+                raise
+            kept = f"{self.last_checkpoint}" if self.last_checkpoint is not None else "none yet"
+            raise TrainingError(
+                f"out of memory at epoch {ctx.epoch + 1} step {ctx.step + 1} with "
+                f"{self.local_batch} samples per process (last checkpoint: {kept}, intact) — "
+                "lower train.batch_size, use train.amp=bf16 or a smaller model"
+            ) from err
+
+
+def _is_oom(err: BaseException) -> bool:
+    """CUDA/CPU out-of-memory, whichever type the allocator raised."""
+    if isinstance(err, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(err)
+    return "out of memory" in text or "can't allocate memory" in text
