@@ -228,3 +228,26 @@ def test_eval_refuses_a_checkpoint_of_another_model(capsys, current_run, tmp_pat
     assert main(["eval", str(other), "--output", str(tmp_path / "x.json")]) != 0
     err = capsys.readouterr().err.strip()
     assert "differs in: model" in err and len(err.splitlines()) == 1
+
+
+def test_plain_eval_settings_mirror_the_eval_section() -> None:
+    import dataclasses
+
+    from debiascl.compose.evaluation import eval_settings
+    from debiascl.config.schema import EvalConfig, FairnessAuditConfig
+    from debiascl.eval.settings import AuditSettings, EvalSettings
+
+    for plain, section, extra in (
+        (EvalSettings(), EvalConfig(), {"dataset", "seed"}),
+        (AuditSettings(), FairnessAuditConfig(), {"on"}),
+    ):
+        fields = {f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)}
+        assert set(fields) - extra == set(type(section).model_fields)  # same names
+        for name, value in section.model_dump().items():
+            if name != "fairness_audit":
+                assert fields[name] == value, name  # same defaults
+    cfg = load_config("synth_attr_adfair", ["fairness.on=feature", "eval.knn_k=7", "seed=3"])
+    settings = eval_settings(cfg)
+    assert (settings.knn_k, settings.seed, settings.dataset) == (7, 3, "synthetic_attr")
+    assert settings.fairness_audit.on == "feature"
+    assert settings.fairness_audit.few_shot_k == [1, 16]

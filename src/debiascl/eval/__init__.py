@@ -1,5 +1,9 @@
 """Frozen-feature evaluations (DESIGN.md section 4), independent of the trainer.
 
+A trained model and its data: :func:`evaluate_model` (``debiascl.eval.run``) with plain
+:class:`EvalSettings` computes everything a run reports (``Trainer.evaluate`` and
+``debiascl eval RUN_DIR`` call it); :func:`encode_split` encodes one split of the data.
+
 Extract features once per split with :func:`extract_features`, then run any protocol on the
 arrays: :func:`linear_probe` / :func:`few_shot_probe`, :func:`knn_eval`, zero-shot
 (:func:`class_embeddings`, :func:`zero_shot_eval`), :func:`retrieval_eval`; print results with
@@ -8,7 +12,7 @@ accuracies in [0, 1]. Exact ties in any ranking count by their expected value ov
 order of the tied items (:mod:`debiascl.eval.ties`), so ties never favour the ground truth.
 """
 
-from debiascl.eval.features import FeatureSet, extract_features
+from debiascl.eval.features import FeatureSet, encode_split, extract_features
 from debiascl.eval.knn import knn_eval, knn_predict, knn_scores
 from debiascl.eval.linear_probe import (
     class_balanced_subset,
@@ -29,6 +33,8 @@ from debiascl.eval.retrieval import (
     retrieval_rank_counts,
     retrieval_ranks,
 )
+from debiascl.eval.run import evaluate_model
+from debiascl.eval.settings import AuditSettings, EvalSettings
 from debiascl.eval.ties import class_hit_rate, hit_probability
 from debiascl.eval.zero_shot import (
     DEFAULT_TEMPLATES,
@@ -42,12 +48,16 @@ from debiascl.eval.zero_shot import (
 __all__ = [
     "DEFAULT_TEMPLATES",
     "MAIN_COLUMNS",
+    "AuditSettings",
+    "EvalSettings",
     "FeatureSet",
     "RankCounts",
     "caption_group_ids",
     "class_balanced_subset",
     "class_embeddings",
     "class_hit_rate",
+    "encode_split",
+    "evaluate_model",
     "extract_features",
     "few_shot_probe",
     "few_shot_subset",
