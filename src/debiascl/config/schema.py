@@ -147,6 +147,14 @@ class TrainConfig(Section):
         description="size of the uniform sample of detector-removed pairs saved to "
         "removed_pairs.csv for `debiascl explore` (0: off)",
     )
+    micro_batch_size: int | None = Field(
+        None,
+        ge=0,
+        description="gradient caching: encode each process's batch in micro-batches of this "
+        "many samples (must divide it) and get the full batch's gradient with the memory of a "
+        "micro-batch; batch norm sees micro-batch statistics; not with fairness.terms yet "
+        "(null or 0: off)",
+    )
 
 
 class EvalConfig(Section):

@@ -118,3 +118,87 @@ def cached_backward(
             surrogate.backward()
     out.loss = out.loss.detach()
     return out
+
+
+PairEncoder = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+
+
+class GradCache:
+    """The two passes of :func:`cached_backward` for a caller that evaluates the objective itself.
+
+    The trainer scales the loss for AMP, checks it for non-finite values and steps the
+    optimiser between the passes, and its model is one (DDP) module that encodes both sides of
+    a micro-batch in one forward (two forwards before one backward would break DDP's gradient
+    hooks). Usage::
+
+        cache = GradCache(encode, inputs, micro_batch_size, no_sync=ddp_model.no_sync)
+        a, b = cache.embed()                     # (n, D) leaves, no encoder graph
+        out = objective(a, b, ids, ...)          # once per global batch: tables update here
+        scaler.scale(out.loss).backward()        # fills a.grad, b.grad (scaled like the loss)
+        cache.backward(a.grad, b.grad)           # encoder parameters get the same gradient
+
+    Args:
+        encode: maps a micro-batch of ``inputs`` to its ``(a, b)`` (m, D) embeddings.
+        inputs: the local batch: a tensor, a list, a mapping (tokenizer output) or a tuple of
+            these, each indexed on its first dimension, all of length n.
+        micro_batch_size: rows encoded at once (>= 1; the last micro-batch may be shorter).
+        no_sync: optional context factory (DDP's ``model.no_sync``) entered for every
+            re-encoding but the last, so gradients are all-reduced once per step.
+
+    Raises:
+        ConfigError: ``micro_batch_size`` < 1.
+    """
+
+    def __init__(
+        self,
+        encode: PairEncoder,
+        inputs: Any,
+        micro_batch_size: int,
+        no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    ) -> None:
+        if micro_batch_size < 1:
+            raise ConfigError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        self.encode = encode
+        self.inputs = inputs
+        self.no_sync = no_sync
+        n = _length(inputs[0]) if isinstance(inputs, tuple) else _length(inputs)
+        self.spans = [(s, min(s + micro_batch_size, n)) for s in range(0, n, micro_batch_size)]
+        self._states: list[tuple[torch.Tensor, list[torch.Tensor] | None]] = []
+
+    def micro_batches(self) -> Iterator[Any]:
+        """The inputs of each micro-batch, in order."""
+        for start, stop in self.spans:
+            yield _slice_all(self.inputs, start, stop)
+
+    def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """First pass: (n, D) embeddings without an encoder graph, as leaves requiring grad."""
+        self._states = []
+        parts_a, parts_b = [], []
+        with torch.no_grad():
+            for chunk in self.micro_batches():
+                self._states.append(_rng_state())
+                a, b = self.encode(chunk)
+                parts_a.append(a)
+                parts_b.append(b)
+        return torch.cat(parts_a).requires_grad_(), torch.cat(parts_b).requires_grad_()
+
+    def backward(self, grad_a: torch.Tensor | None, grad_b: torch.Tensor | None) -> None:
+        """Second pass: re-encode each micro-batch (same random state) with a graph and
+        back-propagate the cached (n, D) embedding gradients (None: zero) into the encoder."""
+        if len(self._states) != len(self.spans):
+            raise RuntimeError("GradCache.backward needs GradCache.embed first")
+        for k, ((start, stop), state) in enumerate(zip(self.spans, self._states, strict=True)):
+            last = k == len(self.spans) - 1
+            sync = contextlib.nullcontext() if last or self.no_sync is None else self.no_sync()
+            with sync, _replay(state):
+                ea, eb = self.encode(_slice_all(self.inputs, start, stop))
+                ga = torch.zeros_like(ea) if grad_a is None else grad_a[start:stop]
+                gb = torch.zeros_like(eb) if grad_b is None else grad_b[start:stop]
+                ((ea * ga).sum() + (eb * gb).sum()).backward()
+        self._states = []
+
+
+def _slice_all(x: Any, start: int, stop: int) -> Any:
+    if isinstance(x, tuple):
+        return tuple(_slice(v, start, stop) for v in x)
+    return _slice(x, start, stop)

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from debiascl.errors import TrainingError
+from debiascl.errors import ConfigError, TrainingError
 from debiascl.objectives import StepContext
+from debiascl.objectives.grad_cache import GradCache
 from debiascl.train.setup import autocast
 
 
@@ -59,6 +60,42 @@ class StepMixin:
                 return self.ddp_model(images).float()
             return self.ddp_model(images, list(batch["text"]))[0].float()
 
+    def _encode_pair(self, inputs: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, D) fp32 embeddings of one micro-batch's model inputs (both views in one forward,
+        or images and texts), as :meth:`_embed` computes them for the whole batch."""
+        with autocast(self.device, self.amp_dtype):
+            if self.cfg.data.mode == "image_image":
+                a, b = self.ddp_model(torch.cat(inputs)).float().chunk(2)
+            else:
+                a, b = self.ddp_model(*inputs)
+        return a.float(), b.float()
+
+    def _embed_cached(
+        self, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, GradCache]:
+        """``train.micro_batch_size``: augment the whole batch once, encode it micro-batch by
+        micro-batch without graph (and the stable reference, if any); the returned
+        :class:`~debiascl.objectives.grad_cache.GradCache` re-runs them with the gradients."""
+        images = batch["image"].to(self.device, non_blocking=True)
+        with autocast(self.device, self.amp_dtype):
+            if self.cfg.data.mode == "image_image":
+                v1, v2 = self.augment(images)
+                inputs: tuple[Any, ...] = (v1, v2)
+            else:
+                inputs = (self.augment(images), list(batch["text"]))
+        no_sync = getattr(self.ddp_model, "no_sync", None)  # DDP: all-reduce once, at the end
+        cache = GradCache(self._encode_pair, inputs, self.micro_batch_size, no_sync=no_sync)
+        a, b = cache.embed()
+        reference = None
+        if self.reference is not None:
+            image_image = self.cfg.data.mode == "image_image"
+            parts = []
+            for chunk in cache.micro_batches():
+                self._model_inputs = (torch.cat(chunk),) if image_image else chunk
+                parts.append(self._embed_reference())
+            reference = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        return a, b, reference, cache
+
     def train_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
         ids = batch["index"].to(self.device)
         labels = batch.get("label")
@@ -68,8 +105,12 @@ class StepMixin:
             labels = labels.to(self.device)
         else:
             labels = None
-        a, b = self._embed(batch)
-        reference = self._embed_reference()  # None unless the detector needs stable embeddings
+        cache: GradCache | None = None
+        if self.micro_batch_size:  # gradient caching: (a, b) are leaves without encoder graph
+            a, b, reference, cache = self._embed_cached(batch)
+        else:
+            a, b = self._embed(batch)
+            reference = self._embed_reference()  # None unless the detector needs them
         # the loss owns its temperature
         out = self.objective(a, b, ids, labels, ctx=ctx, reference=reference)
         loss = out.loss
@@ -85,6 +126,8 @@ class StepMixin:
             return self._nonfinite(ctx, "loss", logs)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if cache is not None:  # the encoder's gradient, micro-batch by micro-batch (scaled too)
+            cache.backward(a.grad, b.grad)
         self.objective.sync_gradients()  # a learned temperature is outside the DDP model
         self.scaler.unscale_(self.optimizer)
         # With fp16 loss scaling, overflowing gradients are routine: GradScaler skips that step
@@ -142,7 +185,8 @@ class StepMixin:
             raise TrainingError(
                 f"out of memory at epoch {ctx.epoch + 1} step {ctx.step + 1} with "
                 f"{self.local_batch} samples per process (last checkpoint: {kept}, intact) — "
-                "lower train.batch_size, use train.amp=bf16 or a smaller model"
+                "lower train.batch_size or set train.micro_batch_size, use train.amp=bf16 or a "
+                "smaller model"
             ) from err
 
 
@@ -152,3 +196,25 @@ def _is_oom(err: BaseException) -> bool:
         return True
     text = str(err)
     return "out of memory" in text or "can't allocate memory" in text
+
+
+def check_micro_batch_size(size: int | None, local_batch: int, world: int, fairness: bool) -> int:
+    """``train.micro_batch_size`` as an int (0: off), or a one-line :class:`ConfigError`.
+
+    It must divide the ``local_batch`` samples each of the ``world`` processes encodes, and
+    cannot yet be combined with fairness terms (they need the graph of the whole batch).
+    """
+    if not size:
+        return 0
+    if fairness:
+        raise ConfigError(
+            f"train.micro_batch_size={size} cannot be combined with fairness.terms yet (the "
+            "terms need the whole batch's graph); set train.micro_batch_size=0 or drop the terms"
+        )
+    if local_batch % size != 0:
+        raise ConfigError(
+            f"train.micro_batch_size={size} does not divide the {local_batch} samples per "
+            f"process (train.batch_size over {world} processes); choose a divisor of "
+            f"{local_batch}, or 0 to turn gradient caching off"
+        )
+    return size

@@ -48,7 +48,7 @@ from debiascl.train.setup import (
     select_device,
 )
 from debiascl.train.signals import RunInterrupted, SignalMixin
-from debiascl.train.step import StepMixin
+from debiascl.train.step import StepMixin, check_micro_batch_size
 
 __all__ = ["EpochProgress", "RunInterrupted", "TrainState", "Trainer", "progress_enabled"]
 
@@ -73,6 +73,10 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
                 "processes; choose a multiple of the world size"
             )
         self.local_batch = cfg.train.batch_size // self.world
+        # gradient caching (0: off); checked before anything is built
+        self.micro_batch_size = check_micro_batch_size(
+            cfg.train.micro_batch_size, self.local_batch, self.world, bool(cfg.fairness.terms)
+        )
         seed_everything(cfg.seed)
         self.run_dir = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
         self.is_main = dist_utils.is_main_process()
