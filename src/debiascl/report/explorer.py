@@ -64,9 +64,10 @@ class SampleLookup:
 
     def __init__(self, run_dir: Path) -> None:
         from debiascl.compose import build_data
-        from debiascl.config import load_config
+        from debiascl.config import load_run_config
 
-        cfg = load_config(str(run_dir / "config.yaml"), ["checkpoint.resume=null"])
+        # a run saved by an older version is read in today's spelling
+        cfg = load_run_config(run_dir / "config.yaml", ["checkpoint.resume=null"])
         bundle = build_data(cfg.data, cfg.seed)
         self.dataset = bundle.train
         self.class_names = bundle.class_names

@@ -11,8 +11,9 @@ from typing import Any
 
 from torch import nn
 
+from debiascl.checkpoint import OLD_MODEL_KEY
 from debiascl.compose import build_model
-from debiascl.config import load_config
+from debiascl.config import load_run_config
 from debiascl.errors import CheckpointError, ConfigError
 from debiascl.models.export import (
     FORMATS,
@@ -31,7 +32,7 @@ def load_run(run_dir: Path, checkpoint: str | None = None) -> tuple[Any, dict[st
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(str(config_path), ["checkpoint.resume=null"])
+    cfg = load_run_config(config_path, ["checkpoint.resume=null"])  # older spellings migrated
     path = ckpt.resolve_resume(checkpoint or "latest", Path(run_dir))
     return cfg, ckpt.load_checkpoint(path)
 
@@ -47,7 +48,8 @@ def load_trained_model(
         weight = state["model"].get("text_encoder.embedding.weight")
         texts = [f"w{i}" for i in range(int(weight.shape[0]) - 1)] if weight is not None else None
     model = build_model(cfg.model, cfg.data.mode, cfg.data.channels, corpus=texts)
-    model.load_state_dict(state["model"])
+    # a checkpoint from before the loss owned the temperature holds it in the model's state
+    model.load_state_dict({k: v for k, v in state["model"].items() if k != OLD_MODEL_KEY})
     return cfg, state, model.eval()
 
 
