@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from debiascl.config.schema import DataConfig
 from debiascl.compose import build_augment
+from debiascl.config.schema import DataConfig
 from debiascl.data.augment import (
     EvalTransform,
     SingleViewAugment,

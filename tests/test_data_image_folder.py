@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from debiascl.config.schema import DataConfig
 from debiascl.compose import build_data
+from debiascl.config.schema import DataConfig
 from debiascl.data.image_folder import ImageFolderDataset
 from debiascl.errors import DataError
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from debiascl.config.schema import DataConfig
 from debiascl.compose import build_data
+from debiascl.config.schema import DataConfig
 from debiascl.data.build import make_loader
 from debiascl.data.images import collate_skip_none, read_image
 from debiascl.data.manifest import ManifestDataset

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from debiascl.compose import build_objective
 from debiascl.config.loader import load_config
 from debiascl.config.schema import RunConfig
 from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError, DataError, DebiasclError
 from debiascl.eta.ngram import NGramLM
-from debiascl.compose import build_objective
 from debiascl.objectives import ContrastiveObjective, InfoNCELoss, StepContext
 from debiascl.objectives.debiased_loss import DebiasedLoss
 from debiascl.pairs import clip_pairs, simclr_pairs

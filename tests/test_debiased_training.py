@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from debiascl.config import load_config
 from debiascl.compose import build_data
+from debiascl.config import load_config
 from debiascl.data.build import subsample_classes_rows
 from debiascl.errors import ConfigError
 from debiascl.eta.summary import eta_summary

@@ -111,9 +111,9 @@ def test_eval_metrics_accept_half_zero_rows(zero_row_pair) -> None:
 
 @pytest.mark.parametrize("mode", ["image_image", "image_text"])
 def test_every_registered_loss_is_finite_on_half_zero_rows(zero_row_pair, mode, tmp_path) -> None:
+    from debiascl.compose import build_objective
     from debiascl.config.schema import RunConfig
     from debiascl.data.info import DatasetInfo
-    from debiascl.compose import build_objective
     from debiascl.registry import LOSSES
 
     z1, z2 = zero_row_pair

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from debiascl.compose import build_model
 from debiascl.config import load_config
 from debiascl.errors import ConfigError
-from debiascl.compose import build_model
 from debiascl.models import build_image_encoder, projection_head
 from debiascl.models.text import BagOfWordsTextEncoder
 

