@@ -280,3 +280,30 @@ def test_argmax_needs_multiclass():
     s, y, g = _data(50, 2, seed=0)
     with pytest.raises(DataError, match="argmax"):
         fairness_report(s, y, {"g": g}, "argmax")
+
+
+def test_per_group_auc_intervals_match_a_stratified_bootstrap_reference():
+    """Each group row carries ``auc_ci``: the percentile interval of that group's AUC over the
+    same stratified resamples, recomputed here with sklearn in a plain loop."""
+    s, y, g = _data(240, 3, seed=5)
+    n_boot, seed = 60, 9
+    rep = fairness_report(s, y, {"g": g}, 0.5, bootstrap=n_boot, seed=seed)
+    rows = rep["attributes"]["g"]["groups"]
+    rng = np.random.default_rng(seed)
+    order = sorted(set(g.tolist()))
+    index = [np.flatnonzero(g == k) for k in order]
+    draws: dict[str, list[float]] = {str(k): [] for k in order}
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(ix, size=ix.size, replace=True) for ix in index])
+        for k in order:
+            m = g[idx] == k
+            yy, ss = y[idx][m], s[idx][m]
+            if 0 < yy.sum() < len(yy):
+                draws[str(k)].append(roc_auc_score(yy, ss))
+    for k in order:
+        ref = np.quantile(draws[str(k)], [0.025, 0.975])
+        assert rows[str(k)]["auc_ci"] == pytest.approx(ref.tolist(), abs=1e-12)
+        lo, hi = rows[str(k)]["auc_ci"]
+        assert lo < rows[str(k)]["auc"] < hi
+    # without bootstrap there is no interval to report
+    assert "auc_ci" not in fairness_report(s, y, {"g": g}, 0.5)["attributes"]["g"]["groups"]["0"]

@@ -24,7 +24,7 @@ from debiascl.config import load_config
 from debiascl.eval.embedding_sample import embedding_sample_bytes, load_embedding_sample
 from debiascl.eval.features import FeatureSet
 from debiascl.report import aggregate_runs, markdown_table
-from debiascl.report.audit_sections import group_aucs
+from debiascl.report.audit_sections import group_auc_intervals, group_aucs
 from debiascl.report.html import render_report
 from debiascl.report.runs import RunData, RunGroup
 from debiascl.report.sections import group_curve
@@ -127,6 +127,17 @@ def test_group_aucs_are_the_class_macro_average(generated: tuple[list[Path], str
             roc_auc_score(labels[sel] == c, scores[sel, c]) for c in range(classes)
         )
         assert got[name] == pytest.approx(ref, abs=1e-12)
+    # per-group intervals: the class macro average of each group's bootstrap interval ends,
+    # shown in the fairness table next to the group's AUC
+    intervals = group_auc_intervals(entry)
+    _, page = generated
+    for name in ("F", "M"):
+        ends = [t["groups"][name]["auc_ci"] for t in entry["per_class"].values()]
+        ref = [statistics.fmean(e[0] for e in ends), statistics.fmean(e[1] for e in ends)]
+        assert intervals[name] == pytest.approx(ref, abs=1e-12)
+        assert ref[0] < got[name] < ref[1]
+        cell = f"<td>{got[name]:.3f}</td><td>[{ref[0]:.3f}, {ref[1]:.3f}]</td>"
+        assert cell in page
 
 
 def test_missing_data_is_noted_not_plotted(tmp_path: Path) -> None:

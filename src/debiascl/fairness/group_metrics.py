@@ -102,11 +102,17 @@ def bootstrap_intervals(
     n_boot: int,
     confidence: float,
     rng: np.random.Generator,
-) -> dict[str, list[float] | None]:
-    """Percentile intervals of the scalar metrics, resampling rows within each group."""
+) -> tuple[dict[str, list[float] | None], dict[str, list[float] | None]]:
+    """Percentile intervals, resampling rows within each group (stratified bootstrap).
+
+    Returns ``(scalars, group_auc)``: the interval of each metric in ``SCALARS`` and, per group
+    key (as in the ``groups`` rows), the interval of that group's AUC; ``None`` where no
+    resample defined the value (e.g. a group with one class).
+    """
     index_by_group = [np.flatnonzero(task.groups == key) for key in order]
     index_by_group = [ix for ix in index_by_group if ix.size]
     draws: dict[str, list[float]] = {k: [] for k in SCALARS}
+    group_draws: dict[str, list[float]] = {str(group_key(key)): [] for key in order}
     for _ in range(n_boot):
         idx = np.concatenate([rng.choice(ix, size=ix.size, replace=True) for ix in index_by_group])
         sub = GroupTask(
@@ -117,11 +123,18 @@ def bootstrap_intervals(
             v = res["summary"][k]
             if v is not None:
                 draws[k].append(v)
+        for key, row in res["groups"].items():
+            if row.get("auc") is not None:
+                group_draws[key].append(row["auc"])
     lo, hi = (1 - confidence) / 2, 1 - (1 - confidence) / 2
-    return {
-        k: [float(np.quantile(v, lo)), float(np.quantile(v, hi))] if v else None
-        for k, v in draws.items()
-    }
+
+    def interval(v: list[float]) -> list[float] | None:
+        return [float(np.quantile(v, lo)), float(np.quantile(v, hi))] if v else None
+
+    return (
+        {k: interval(v) for k, v in draws.items()},
+        {k: interval(v) for k, v in group_draws.items()},
+    )
 
 
 def mean_or_none(values: Sequence[float]) -> float | None:

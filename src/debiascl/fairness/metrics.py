@@ -271,7 +271,11 @@ def _attribute_entry(
         per_task[tname] = res
         summaries.append(res["summary"])
         if bootstrap:
-            res["ci"] = bootstrap_intervals(task, order, n_bins, bootstrap, confidence, rng)
+            res["ci"], group_ci = bootstrap_intervals(
+                task, order, n_bins, bootstrap, confidence, rng
+            )
+            for key, row in res["groups"].items():
+                row["auc_ci"] = group_ci.get(key)
     entry: dict = {
         k: mean_or_none([s[k] for s in summaries if s.get(k) is not None]) for k in SCALARS
     }

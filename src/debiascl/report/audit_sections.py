@@ -85,12 +85,28 @@ def group_aucs(entry: dict[str, Any]) -> dict[str, float]:
     return {g: statistics.fmean(v) for g, v in acc.items()}
 
 
+def group_auc_intervals(entry: dict[str, Any]) -> dict[str, list[float]]:
+    """Per-group bootstrap interval of the AUC (``auc_ci`` of each group row); for a
+    multi-class attribute the macro average of the per-class interval ends."""
+    tasks = [entry] if "groups" in entry else list((entry.get("per_class") or {}).values())
+    acc: dict[str, list[list[float]]] = {}
+    for task in tasks:
+        for g, row in (task.get("groups") or {}).items():
+            ci = row.get("auc_ci")
+            if ci and None not in ci:
+                acc.setdefault(g, []).append([float(ci[0]), float(ci[1])])
+    return {
+        g: [statistics.fmean(c[0] for c in v), statistics.fmean(c[1] for c in v)]
+        for g, v in acc.items()
+    }
+
+
 FAIRNESS_METRICS = ("auc", "worst_group_auc", "auc_gap", "es_auc", "dpd", "eod", "ece_gap")
 
 
 def fairness_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Section:
     sid, title = "fairness", "Per-group AUC and fairness metrics (zero-shot)"
-    parts, rows = [], []
+    parts, rows, group_rows = [], [], []
     for group, label in zip(groups, labels, strict=True):
         run = next((r for r in group.runs if _fairness_attrs(r)), None)
         if run is None:
@@ -120,6 +136,16 @@ def fairness_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Secti
                     cats, vals, lo, hi, f"{label}: AUC by {attr}", "AUC", kinds=kinds
                 )
                 parts.append(img(f"group_auc_{attr}", png, f"AUC by {attr}"))
+            for g, (lo_g, hi_g) in group_auc_intervals(entry).items():
+                group_rows.append(
+                    [
+                        label,
+                        attr,
+                        g,
+                        f"{per_group.get(g, math.nan):.3f}",
+                        f"[{lo_g:.3f}, {hi_g:.3f}]",
+                    ]
+                )
             for metric in FAIRNESS_METRICS:
                 stats = seed_stats(
                     [value_at(_fairness_attrs(r).get(attr, {}), metric) for r in group.runs]
@@ -148,6 +174,19 @@ def fairness_section(groups: Sequence[RunGroup], labels: Sequence[str]) -> Secti
             "fairness",
         )
     )
+    if group_rows:
+        parts.append(
+            table(
+                ["setting", "attribute", "group", "AUC (first seed)", "95% bootstrap CI"],
+                group_rows,
+                "fairness_groups",
+            )
+        )
+    else:
+        parts.append(
+            '<p class="data-missing">No per-group AUC intervals: the audit ran without '
+            "bootstrap (eval.fairness_audit.bootstrap = 0).</p>"
+        )
     parts.append(
         "<p>Zero-shot classifier, macro average over classes (one-vs-rest). Plot: group AUCs as "
         "mean ± std over seeds; overall and worst-group AUC with the 95% bootstrap interval of "
