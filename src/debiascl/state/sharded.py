@@ -34,8 +34,7 @@ import torch
 import torch.distributed as dist
 
 from debiascl import distributed as dist_utils
-from debiascl.errors import CheckpointError, ConfigError, DataError
-from debiascl.state.sync import all_gather_rows
+from debiascl.errors import CheckpointError, ConfigError
 from debiascl.state.tables import Placement, SampleTable
 
 Sharding = Literal["replicated", "sharded"]
@@ -149,23 +148,10 @@ class ShardedSampleTable(SampleTable):
             ids: (n,) int64 distinct sample ids (local to this rank).
             rows: (n, C) new values; rows with NaN or inf are not stored.
         """
-        if rows.dim() != 2 or rows.shape != (ids.shape[0], len(self.columns)):
-            raise DataError(
-                f"table rows must have shape ({ids.shape[0]}, {len(self.columns)}), got "
-                f"{tuple(rows.shape)}"
-            )
-        ids, rows = ids.long(), rows.detach().float()
-        if self._collective():
-            ids, rows = all_gather_rows(ids, rows)
-        if self.validate:
-            self.check_ids(ids, unique=True)
+        ids, rows = self._gather_rows(ids, rows, self._collective())
         owned = (ids % self.world_size) == self.rank
         dev = self.data.device
-        local = (ids[owned] // self.world_size).to(dev)
-        rows = rows[owned].to(dev)
-        finite = torch.isfinite(rows).all(dim=1, keepdim=True)
-        rows = torch.where(finite, rows, self.data.index_select(0, local))
-        self.data.index_copy_(0, local, rows)
+        self._store_rows((ids[owned] // self.world_size).to(dev), rows[owned].to(dev))
 
     @torch.no_grad()
     def reset(self, ids: torch.Tensor | None = None) -> None:
@@ -230,11 +216,7 @@ class ShardedSampleTable(SampleTable):
             state_dict = dict(state_dict)
             state_dict[prefix + "data"] = data.to(self.data.device, torch.float32).contiguous()
         nn_load = super(SampleTable, self)._load_from_state_dict
-        if isinstance(extra, dict) and list(extra.get("columns", [])) != list(self.columns):
-            raise CheckpointError(
-                f"checkpoint table {prefix or 'table'!r} has columns {extra.get('columns')}, "
-                f"this run expects {list(self.columns)}; resume with the same method settings"
-            )
+        self._check_columns(extra, prefix)
         nn_load(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

@@ -167,23 +167,34 @@ class SampleTable(nn.Module):
         with the same n. Afterwards every rank's table holds the rows of the whole global batch.
         Rows containing NaN or inf are not stored (the previous values stay).
         """
+        ids, rows = self._gather_rows(ids, rows, self.sync)
+        dev = self.data.device
+        self._store_rows(to_device(ids, dev), to_device(rows, dev))
+
+    def _gather_rows(
+        self, ids: torch.Tensor, rows: torch.Tensor, collective: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check ``rows`` against ``ids``, all-gather the global batch when ``collective`` and
+        validate its ids; returns (int64 ids, float32 rows) of the (global) batch."""
         if rows.dim() != 2 or rows.shape != (ids.shape[0], len(self.columns)):
             raise DataError(
                 f"table rows must have shape ({ids.shape[0]}, {len(self.columns)}), got "
                 f"{tuple(rows.shape)}"
             )
         ids, rows = ids.long(), rows.detach().float()
-        if self.sync:
+        if collective:
             ids, rows = all_gather_rows(ids, rows)
         if self.validate:
             self.check_ids(ids, unique=True)
-        dev = self.data.device
-        ids, rows = to_device(ids, dev), to_device(rows, dev)
+        return ids, rows
+
+    def _store_rows(self, local: torch.Tensor, rows: torch.Tensor) -> None:
+        """Copy ``rows`` into the stored rows ``local`` (both on the table's device)."""
         # A non-finite row (from a NaN step that train.on_nonfinite=skip will discard) keeps the
         # stored values: a table entry is never valid as NaN/inf. No host synchronisation.
         finite = torch.isfinite(rows).all(dim=1, keepdim=True)
-        rows = torch.where(finite, rows, self.data.index_select(0, ids))
-        self.data.index_copy_(0, ids, rows)
+        rows = torch.where(finite, rows, self.data.index_select(0, local))
+        self.data.index_copy_(0, local, rows)
 
     @torch.no_grad()
     def reset(self, ids: torch.Tensor | None = None) -> None:
@@ -212,11 +223,7 @@ class SampleTable(nn.Module):
         error_msgs: list[str],
     ) -> None:
         extra = state_dict.get(prefix + "_extra_state")
-        if isinstance(extra, dict) and list(extra.get("columns", [])) != list(self.columns):
-            raise CheckpointError(
-                f"checkpoint table {prefix or 'table'!r} has columns {extra.get('columns')}, "
-                f"this run expects {list(self.columns)}; resume with the same method settings"
-            )
+        self._check_columns(extra, prefix)
         data = state_dict.get(prefix + "data")
         if data is not None and tuple(data.shape) != tuple(self.data.shape):
             raise CheckpointError(
@@ -231,6 +238,14 @@ class SampleTable(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def _check_columns(self, extra: Any, prefix: str) -> None:
+        """Raise :class:`CheckpointError` when a checkpoint's columns differ from this table's."""
+        if isinstance(extra, dict) and list(extra.get("columns", [])) != list(self.columns):
+            raise CheckpointError(
+                f"checkpoint table {prefix or 'table'!r} has columns {extra.get('columns')}, "
+                f"this run expects {list(self.columns)}; resume with the same method settings"
+            )
 
     def _apply(self, fn: Any, recurse: bool = True) -> SampleTable:  # type: ignore[override]
         # Follow device moves (placement "device") but never dtype casts: a model.half() or
