@@ -6,17 +6,18 @@ never reading a config); the fingerprints, computed from the run config, in
 checkpoint as ckpt`` in the trainer, scripts and tests).
 """
 
-from debiascl.checkpoint.files import (
+from debiascl.checkpoint import (
     BEST_NAME,
     FORMAT_VERSION,
+    capture_rng,
     checkpoint_name,
     list_checkpoints,
     load_checkpoint,
     load_for_resume,
     resolve_resume,
+    restore_rng,
     save_checkpoint,
 )
-from debiascl.checkpoint.rng import capture_rng, restore_rng
 from debiascl.compose.fingerprint import (
     EVAL_ONLY_DATA_KEYS,
     config_fingerprint,
