@@ -369,22 +369,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-
-
-__all__: Sequence[str] = [
-    "AGE_BINS",
-    "CHEXPERT_5X200",
-    "CHEXPERT_FINDINGS",
-    "age_group",
-    "balanced_test_set",
-    "extract_sections",
-    "label_codes",
-    "load_chexpert_plus",
-    "load_mimic_cxr",
-    "main",
-    "mimic_image_path",
-    "normalise_race",
-    "normalise_sex",
-    "report_text",
-    "write_manifest",
-]
