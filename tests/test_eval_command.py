@@ -18,24 +18,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cli_helpers import SMALL, cli, one_line_error
 from debiascl.cli import main
-
-SMALL = ["train.batch_size=8", "model.width=4", "model.proj_hidden_dim=16", "model.embed_dim=8"]
-
-
-def cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("debiascl: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

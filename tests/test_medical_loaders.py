@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_helpers import write_dicom
 from debiascl.data.dicom import read_dicom
 from debiascl.data.images import register_dicom_reader
 from debiascl.data.manifest import ManifestDataset
@@ -240,34 +241,14 @@ def test_mimic_join(tmp_path):
 
 def test_dicom_reader_and_registry(tmp_path):
     pydicom = pytest.importorskip("pydicom")  # the 'dicom' extra; installed in the test env
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    def write(path, pixels, photometric="MONOCHROME2", window=None, slope=1.0, intercept=0.0):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.Rows, ds.Columns = pixels.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.PixelRepresentation = 0
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        if window:
-            ds.WindowCenter, ds.WindowWidth = window
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-        ds.save_as(str(path), enforce_file_format=True)
-
     ramp = np.tile(np.arange(0, 4096, 256, dtype=np.uint16), (4, 1))  # (4, 16), 0..3840
-    write(tmp_path / "a.dcm", ramp)
+    write_dicom(tmp_path / "a.dcm", ramp)
     x = read_dicom(tmp_path / "a.dcm")
     assert x.shape == (4, 16) and x.dtype == np.float32
     assert np.allclose(x[0], (ramp[0] - 0) / 3840.0, atol=1e-6)  # min-max without a window
-    write(tmp_path / "b.dcm", ramp, photometric="MONOCHROME1")
+    write_dicom(tmp_path / "b.dcm", ramp, photometric="MONOCHROME1")
     assert np.allclose(read_dicom(tmp_path / "b.dcm"), 1 - x, atol=1e-6)
-    write(tmp_path / "c.dcm", ramp, window=(2048, 1024), slope=1.0, intercept=0.0)
+    write_dicom(tmp_path / "c.dcm", ramp, window=(2048, 1024), slope=1.0, intercept=0.0)
     c = read_dicom(tmp_path / "c.dcm")
     ref = np.clip((ramp.astype(float) - (2048 - 0.5)) / (1024 - 1) + 0.5, 0, 1)
     assert np.allclose(c, ref, atol=1e-6)

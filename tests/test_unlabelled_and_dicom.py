@@ -13,28 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from debiascl.cli import main
+from cli_helpers import SMALL, cli, one_line_error, write_dicom
 from debiascl.negatives.diagnostics import DetectionStats
 from debiascl.pairs import simclr_pairs
 from debiascl.train import checkpoint as ckpt
-
-SMALL = ["train.batch_size=8", "model.width=4", "model.proj_hidden_dim=16", "model.embed_dim=8"]
-
-
-def cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_line_error(err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and "skipping" not in line]
-    assert len(lines) == 1 and lines[0].startswith("debiascl: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-    return lines[0]
 
 
 def _png_manifest(root: Path, split: str, n: int, blanks: tuple[int, ...] = ()) -> Path:
@@ -88,21 +70,8 @@ def test_oracle_with_blank_labels_removes_exactly_the_known_same_label_pairs(cap
     are 1 over the known pairs (on main a batch with a blank lost its labels: the oracle failed)."""
     train = _png_manifest(tmp_path / "data", "train", 32, blanks=(1, 2, 9))
     run = tmp_path / "run"
-    code, _, err = cli(
-        capsys,
-        [
-            "train",
-            "digits_simclr",
-            "--run-dir",
-            str(run),
-            "--no-eval",
-            "data.dataset=manifest",
-            f"data.manifest={train}",
-            "negatives.name=oracle",
-            "train.epochs=1",
-            *SMALL,
-        ],
-    )
+    argv = _train_manifest(run, train, "negatives.name=oracle", "train.epochs=1", max_steps=None)
+    code, _, err = cli(capsys, argv)
     assert code == 0, err
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["negatives/precision"] == pytest.approx(1.0, abs=1e-12)
@@ -150,25 +119,6 @@ def test_detection_stats_count_only_pairs_with_known_labels():
 
 
 # ------------------------------------------------------------------ item 17: DICOM
-def _write_dicom(path: Path, pixels: np.ndarray) -> None:
-    pytest.importorskip("pydicom")  # the 'dicom' extra; in the test extra
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-
-
 @pytest.fixture
 def dicom_manifest(tmp_path) -> Path:
     """16 8x8 12-bit DICOMs in two classes (one without a suffix), listed in a manifest."""
@@ -178,13 +128,15 @@ def dicom_manifest(tmp_path) -> Path:
     rows = []
     for i in range(16):
         name = f"{i:03d}.dcm" if i != 7 else "007"  # MIMIC-style file without a suffix
-        _write_dicom(root / name, rng.integers(0, 4096, (8, 8)))
+        write_dicom(root / name, rng.integers(0, 4096, (8, 8)))
         rows.append({"path": name, "label": i % 2})
     pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
     return root / "train.csv"
 
 
-def _train_manifest(run: Path, manifest: Path, *extra: str) -> list[str]:
+def _train_manifest(run: Path, manifest: Path, *extra: str, max_steps: int | None = 2) -> list[str]:
+    """``debiascl train`` argv on a manifest, ``max_steps`` steps (None: the configured epochs)."""
+    steps = [] if max_steps is None else [f"train.max_steps={max_steps}"]
     return [
         "train",
         "digits_simclr",
@@ -193,7 +145,7 @@ def _train_manifest(run: Path, manifest: Path, *extra: str) -> list[str]:
         "--no-eval",
         "data.dataset=manifest",
         f"data.manifest={manifest}",
-        "train.max_steps=2",
+        *steps,
         *SMALL,
         *extra,
     ]
@@ -220,7 +172,7 @@ def test_dicom_image_folder_is_listed_and_read(tmp_path):
     for c in ("a", "b"):
         (tmp_path / "f" / c).mkdir(parents=True)
         for i in range(3):
-            _write_dicom(tmp_path / "f" / c / f"{i}.dcm", np.full((4, 4), 100 * i + 1))
+            write_dicom(tmp_path / "f" / c / f"{i}.dcm", np.full((4, 4), 100 * i + 1))
     ds = ImageFolderDataset(tmp_path / "f", image_size=4)
     assert len(ds) == 6 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert ds[0]["image"].shape == (1, 4, 4)
@@ -273,7 +225,7 @@ def test_mimic_dicom_manifest_from_the_medical_loader_trains(capsys, tmp_path):
     rng = np.random.default_rng(0)
     for rel in manifest["path"]:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        _write_dicom(root / rel, rng.integers(0, 4096, (8, 8)))
+        write_dicom(root / rel, rng.integers(0, 4096, (8, 8)))
     path = write_manifest(manifest, root / "train.csv")
     argv = _train_manifest(tmp_path / "run", path, "data.label_column=Edema")
     code, _, err = cli(capsys, argv)
