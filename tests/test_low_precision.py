@@ -7,8 +7,6 @@ float64 loops on the same (half-rounded) inputs, where a zero row has cosine 0 w
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -17,33 +15,7 @@ from debiascl.eval import knn_scores, retrieval_eval, zero_shot_scores
 from debiascl.losses import clip_loss, nt_xent
 from debiascl.numerics import unit_rows
 from debiascl.pairs import simclr_pairs
-
-
-def unit64(z: torch.Tensor) -> torch.Tensor:
-    z = z.double()
-    return z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def reference_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
-    z = unit64(torch.cat([z1, z2]))
-    n, b = z.shape[0], z.shape[0] // 2
-    total = 0.0
-    for i in range(n):
-        p = (i + b) % n
-        logits = [float(z[i] @ z[j]) / t for j in range(n) if j != i]
-        total += -float(z[i] @ z[p]) / t + math.log(sum(math.exp(v) for v in logits))
-    return total / n
-
-
-def reference_clip(img: torch.Tensor, txt: torch.Tensor, scale: float) -> float:
-    img, txt = unit64(img), unit64(txt)
-    b = img.shape[0]
-    total = 0.0
-    for a, c in ((img, txt), (txt, img)):
-        for i in range(b):
-            logits = [scale * float(a[i] @ c[j]) for j in range(b)]
-            total += -logits[i] + math.log(sum(math.exp(v) for v in logits))
-    return total / (2 * b)
+from loss_references import reference_clip, reference_nt_xent, unit64
 
 
 @pytest.fixture
