@@ -21,6 +21,22 @@ def cli(capsys, argv: list[str]) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def train_argv(run: Path, manifest: Path, *extra: str) -> list[str]:
+    """``debiascl train digits_simclr`` argv on a manifest: no evaluation, the SMALL model, then
+    the ``extra`` overrides."""
+    return [
+        "train",
+        "digits_simclr",
+        "--run-dir",
+        str(run),
+        "--no-eval",
+        "data.dataset=manifest",
+        f"data.manifest={manifest}",
+        *SMALL,
+        *extra,
+    ]
+
+
 def one_line_error(err: str, *needles: str) -> str:
     """Assert ``err`` is one ``debiascl: error:`` line (warnings about skipped unreadable images
     aside) without a traceback, containing every needle; returns that line."""

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cli_helpers import SMALL, cli, one_line_error
+from cli_helpers import SMALL, cli, one_line_error, train_argv
 from debiascl.cli import main
 
 
@@ -54,20 +54,8 @@ def _manifests(root: Path, colour: bool = False) -> tuple[Path, Path]:
 
 
 def _train(run: Path, train: Path, test: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "digits_simclr",
-        "--run-dir",
-        str(run),
-        "--no-eval",
-        "data.dataset=manifest",
-        f"data.manifest={train}",
-        f"data.test_manifest={test}",
-        "train.epochs=1",
-        "eval.references=false",
-        *SMALL,
-        *extra,
-    ]
+    test_data = f"data.test_manifest={test}"
+    return train_argv(run, train, test_data, "train.epochs=1", "eval.references=false", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import SMALL, cli, one_line_error, write_dicom
+from cli_helpers import SMALL, cli, one_line_error, train_argv, write_dicom
 from debiascl.negatives.diagnostics import DetectionStats
 from debiascl.pairs import simclr_pairs
 from debiascl.train import checkpoint as ckpt
@@ -137,18 +137,7 @@ def dicom_manifest(tmp_path) -> Path:
 def _train_manifest(run: Path, manifest: Path, *extra: str, max_steps: int | None = 2) -> list[str]:
     """``debiascl train`` argv on a manifest, ``max_steps`` steps (None: the configured epochs)."""
     steps = [] if max_steps is None else [f"train.max_steps={max_steps}"]
-    return [
-        "train",
-        "digits_simclr",
-        "--run-dir",
-        str(run),
-        "--no-eval",
-        "data.dataset=manifest",
-        f"data.manifest={manifest}",
-        *steps,
-        *SMALL,
-        *extra,
-    ]
+    return train_argv(run, manifest, *steps, *extra)
 
 
 def test_dicom_manifest_trains_from_the_cli(capsys, tmp_path, dicom_manifest):
