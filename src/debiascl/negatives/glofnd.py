@@ -31,10 +31,10 @@ from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.context import StepContext
 from debiascl.negatives.thresholds import (
-    adam_threshold_step,
     batch_quantile,
-    sgd_threshold_step,
+    check_update_rule,
     threshold_gradient,
+    threshold_step,
 )
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import AnchorGroups, anchor_groups, direction_names
@@ -149,10 +149,7 @@ class GloFNDDetector(ScheduledDetector):
         # with the converged rule, so checkpoints of the epoch rule keep their keys
         state = torch.tensor([0.0, float("nan"), -1.0]) if start_rule == "converged" else None
         self.register_buffer("start_state", state)
-        if optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"GloFND optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        if init not in ("one", "batch_quantile"):
-            raise ConfigError(f"GloFND init must be 'one' or 'batch_quantile', got {init!r}")
+        check_update_rule(optimizer, init, lr, beta1, beta2, eps)
         if moment_init not in ("zero", "binomial"):
             raise ConfigError(
                 f"GloFND moment_init must be 'zero' or 'binomial', got {moment_init!r}"
@@ -161,11 +158,6 @@ class GloFNDDetector(ScheduledDetector):
             raise ConfigError(
                 "GloFND moment_init='binomial' initialises Adam's moments at the batch quantile; "
                 "use it with init='batch_quantile' and optimizer='adam'"
-            )
-        if lr <= 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or eps <= 0:
-            raise ConfigError(
-                f"GloFND needs lr > 0, 0 <= beta1, beta2 < 1 and eps > 0; got lr={lr}, "
-                f"beta1={beta1}, beta2={beta2}, eps={eps}"
             )
         self.optimizer = optimizer
         self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), eps
@@ -242,23 +234,20 @@ class GloFNDDetector(ScheduledDetector):
         n = groups.pool_sum(total).clamp_min(1.0)
         grad = alpha - groups.pool_sum(above) / n
         warm = self.moment_init == "binomial"
-        if self.optimizer == "adam":
-            # The sample's own update count: its first visit is the quantile init, not a step.
-            step = visits if self.init == "batch_quantile" else visits + 1
-            new_lam, new_m, new_v = adam_threshold_step(
-                lam,
-                m,
-                v,
-                grad,
-                step.clamp_min(1.0),
-                self.lr,
-                self.beta1,
-                self.beta2,
-                self.eps,
-                bias_correction=not warm,
-            )
-        else:
-            new_lam, new_m, new_v = sgd_threshold_step(lam, grad, self.lr), m, v
+        new_lam, new_m, new_v = threshold_step(
+            self.optimizer,
+            self.init,
+            lam,
+            m,
+            v,
+            grad,
+            visits,
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            bias_correction=not warm,
+        )
         if self.init == "batch_quantile":
             # The initialising visit takes no gradient step: the quantile is already the estimate.
             new_lam = torch.where(first, lam, new_lam)

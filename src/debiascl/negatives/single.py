@@ -15,10 +15,10 @@ from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.context import StepContext
 from debiascl.negatives.glofnd import LAMBDA_COLUMNS, LAMBDA_DEFAULTS
 from debiascl.negatives.thresholds import (
-    adam_threshold_step,
     batch_quantile,
-    sgd_threshold_step,
+    check_update_rule,
     threshold_gradient,
+    threshold_step,
 )
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import direction_names
@@ -49,11 +49,7 @@ class SingleThresholdDetector(ScheduledDetector):
         init: str = "one",
     ) -> None:
         super().__init__(alpha, start_epoch, update_start_epoch)
-        if optimizer not in ("adam", "sgd") or init not in ("one", "batch_quantile"):
-            raise ConfigError(
-                f"optimizer must be adam|sgd and init one|batch_quantile, got {optimizer!r}, "
-                f"{init!r}"
-            )
+        check_update_rule(optimizer, init, lr, beta1, beta2, eps)
         self.optimizer, self.init = optimizer, init
         self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), eps
         self.tables = nn.ModuleDict(
@@ -79,13 +75,19 @@ class SingleThresholdDetector(ScheduledDetector):
             above, total = threshold_gradient(sim, batch.neg_mask, lam.expand(sim.shape[0]), 0.0)
             sums = all_reduce_sum_(torch.stack([above.sum(), total.sum()]).double())
             grad = (self.alpha - sums[0] / sums[1].clamp_min(1.0)).float().view(1)
-            if self.optimizer == "adam":
-                step = visits if self.init == "batch_quantile" else visits + 1
-                new_lam, new_m, new_v = adam_threshold_step(
-                    lam, m, v, grad, step, self.lr, self.beta1, self.beta2, self.eps
-                )
-            else:
-                new_lam, new_m, new_v = sgd_threshold_step(lam, grad, self.lr), m, v
+            new_lam, new_m, new_v = threshold_step(
+                self.optimizer,
+                self.init,
+                lam,
+                m,
+                v,
+                grad,
+                visits,
+                self.lr,
+                self.beta1,
+                self.beta2,
+                self.eps,
+            )
         table.write(zero, torch.stack([new_lam, new_m, new_v, visits + 1], dim=1))
         return new_lam
 
