@@ -107,7 +107,7 @@ def test_binomial_moments_keep_removal_at_alpha_after_the_first_step():
     assert after.mean() == pytest.approx(alpha, abs=0.003)
     assert after.std() < 1.1 * before.std()
     # the step is a fraction of lr, not the full lr of the zero-moment rule
-    assert (lam1 - lam0).abs().mean() < 0.2 * det.lr
+    assert (lam1 - lam0).abs().mean() < 0.2 * det.rule.lr
 
 
 def _reference_pooled(sim, neg, lam, b, alpha):

@@ -31,10 +31,9 @@ from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.context import StepContext
 from debiascl.negatives.thresholds import (
+    ThresholdRule,
     batch_quantile,
-    check_update_rule,
     threshold_gradient,
-    threshold_step,
 )
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import AnchorGroups, anchor_groups, direction_names
@@ -149,7 +148,7 @@ class GloFNDDetector(ScheduledDetector):
         # with the converged rule, so checkpoints of the epoch rule keep their keys
         state = torch.tensor([0.0, float("nan"), -1.0]) if start_rule == "converged" else None
         self.register_buffer("start_state", state)
-        check_update_rule(optimizer, init, lr, beta1, beta2, eps)
+        self.rule = ThresholdRule(optimizer, init, float(lr), float(beta1), float(beta2), eps)
         if moment_init not in ("zero", "binomial"):
             raise ConfigError(
                 f"GloFND moment_init must be 'zero' or 'binomial', got {moment_init!r}"
@@ -159,9 +158,6 @@ class GloFNDDetector(ScheduledDetector):
                 "GloFND moment_init='binomial' initialises Adam's moments at the batch quantile; "
                 "use it with init='batch_quantile' and optimizer='adam'"
             )
-        self.optimizer = optimizer
-        self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), eps
-        self.init = init
         self.moment_init = moment_init
         self.reset_on_resume = reset_on_resume
         self.tables = nn.ModuleDict(
@@ -223,7 +219,7 @@ class GloFNDDetector(ScheduledDetector):
         alpha = self.anchor_alpha(groups)
         table = self.table(batch.name)
         lam, m, v, visits = table.read(groups.ids).unbind(1)
-        if self.init == "batch_quantile":
+        if self.rule.init == "batch_quantile":
             first = visits == 0
             fresh = first.nonzero().squeeze(1)
             if fresh.numel() > 0:  # partial sorts only for never-seen ids (the first epoch)
@@ -234,21 +230,8 @@ class GloFNDDetector(ScheduledDetector):
         n = groups.pool_sum(total).clamp_min(1.0)
         grad = alpha - groups.pool_sum(above) / n
         warm = self.moment_init == "binomial"
-        new_lam, new_m, new_v = threshold_step(
-            self.optimizer,
-            self.init,
-            lam,
-            m,
-            v,
-            grad,
-            visits,
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            bias_correction=not warm,
-        )
-        if self.init == "batch_quantile":
+        new_lam, new_m, new_v = self.rule.step(lam, m, v, grad, visits, bias_correction=not warm)
+        if self.rule.init == "batch_quantile":
             # The initialising visit takes no gradient step: the quantile is already the estimate.
             new_lam = torch.where(first, lam, new_lam)
             new_m = torch.where(first, m, new_m)

@@ -15,10 +15,9 @@ from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.context import StepContext
 from debiascl.negatives.glofnd import LAMBDA_COLUMNS, LAMBDA_DEFAULTS
 from debiascl.negatives.thresholds import (
+    ThresholdRule,
     batch_quantile,
-    check_update_rule,
     threshold_gradient,
-    threshold_step,
 )
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import direction_names
@@ -49,9 +48,7 @@ class SingleThresholdDetector(ScheduledDetector):
         init: str = "one",
     ) -> None:
         super().__init__(alpha, start_epoch, update_start_epoch)
-        check_update_rule(optimizer, init, lr, beta1, beta2, eps)
-        self.optimizer, self.init = optimizer, init
-        self.lr, self.beta1, self.beta2, self.eps = float(lr), float(beta1), float(beta2), eps
+        self.rule = ThresholdRule(optimizer, init, float(lr), float(beta1), float(beta2), eps)
         self.tables = nn.ModuleDict(
             {
                 name: SampleTable(1, LAMBDA_COLUMNS, LAMBDA_DEFAULTS, sync=False, validate=False)
@@ -64,7 +61,7 @@ class SingleThresholdDetector(ScheduledDetector):
         assert self.alpha is not None
         zero = torch.zeros(1, dtype=torch.long, device=sim.device)
         lam, m, v, visits = table.read(zero).unbind(1)
-        first = bool(visits[0] == 0) and self.init == "batch_quantile"
+        first = bool(visits[0] == 0) and self.rule.init == "batch_quantile"
         if first:
             q = batch_quantile(sim, batch.neg_mask, self.alpha)
             sums = torch.stack([q.sum(), torch.tensor(float(q.numel()), device=q.device)])
@@ -75,19 +72,7 @@ class SingleThresholdDetector(ScheduledDetector):
             above, total = threshold_gradient(sim, batch.neg_mask, lam.expand(sim.shape[0]), 0.0)
             sums = all_reduce_sum_(torch.stack([above.sum(), total.sum()]).double())
             grad = (self.alpha - sums[0] / sums[1].clamp_min(1.0)).float().view(1)
-            new_lam, new_m, new_v = threshold_step(
-                self.optimizer,
-                self.init,
-                lam,
-                m,
-                v,
-                grad,
-                visits,
-                self.lr,
-                self.beta1,
-                self.beta2,
-                self.eps,
-            )
+            new_lam, new_m, new_v = self.rule.step(lam, m, v, grad, visits)
         table.write(zero, torch.stack([new_lam, new_m, new_v, visits + 1], dim=1))
         return new_lam
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -199,48 +200,61 @@ def sgd_threshold_step(lam: torch.Tensor, grad: torch.Tensor, lr: float) -> torc
     return (lam - lr * grad).clamp(-1.0, 1.0)
 
 
-def check_update_rule(
-    optimizer: str, init: str, lr: float, beta1: float, beta2: float, eps: float
-) -> None:
-    """Raise :class:`ConfigError` unless the threshold update settings are valid (optimizer
-    ``adam``/``sgd``, init ``one``/``batch_quantile``, lr > 0, 0 <= beta1, beta2 < 1, eps > 0)."""
-    if optimizer not in ("adam", "sgd"):
-        raise ConfigError(f"GloFND optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    if init not in ("one", "batch_quantile"):
-        raise ConfigError(f"GloFND init must be 'one' or 'batch_quantile', got {init!r}")
-    if lr <= 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or eps <= 0:
-        raise ConfigError(
-            f"GloFND needs lr > 0, 0 <= beta1, beta2 < 1 and eps > 0; got lr={lr}, "
-            f"beta1={beta1}, beta2={beta2}, eps={eps}"
-        )
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How learned thresholds move (GloFND and its single-threshold ablation).
 
+    Args:
+        optimizer: ``"adam"`` (:func:`adam_threshold_step`) or ``"sgd"``
+            (:func:`sgd_threshold_step`, moments unchanged).
+        init: ``"one"`` or ``"batch_quantile"`` (the first visit sets the threshold to its batch
+            quantile and is not a step).
+        lr, beta1, beta2, eps: the update's hyperparameters.
 
-def threshold_step(
-    optimizer: str,
-    init: str,
-    lam: torch.Tensor,
-    m: torch.Tensor,
-    v: torch.Tensor,
-    grad: torch.Tensor,
-    visits: torch.Tensor,
-    lr: float,
-    beta1: float = 0.9,
-    beta2: float = 0.98,
-    eps: float = 1e-8,
-    bias_correction: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One update of (G,) thresholds: :func:`adam_threshold_step` (``optimizer="adam"``) or
-    :func:`sgd_threshold_step` (moments unchanged).
-
-    ``visits``: (G,) earlier updates of each threshold; Adam's bias correction counts the
-    threshold's own steps, which with ``init="batch_quantile"`` exclude the initialising visit.
+    Raises:
+        ConfigError: an unknown optimizer or init, lr <= 0, a beta outside [0, 1) or eps <= 0.
     """
-    if optimizer == "sgd":
-        return sgd_threshold_step(lam, grad, lr), m, v
-    step = visits if init == "batch_quantile" else visits + 1
-    return adam_threshold_step(
-        lam, m, v, grad, step.clamp_min(1.0), lr, beta1, beta2, eps, bias_correction
-    )
+
+    optimizer: str = "adam"
+    init: str = "one"
+    lr: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"GloFND optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.init not in ("one", "batch_quantile"):
+            raise ConfigError(f"GloFND init must be 'one' or 'batch_quantile', got {self.init!r}")
+        lr, beta1, beta2, eps = self.lr, self.beta1, self.beta2, self.eps
+        if lr <= 0 or not 0 <= beta1 < 1 or not 0 <= beta2 < 1 or eps <= 0:
+            raise ConfigError(
+                f"GloFND needs lr > 0, 0 <= beta1, beta2 < 1 and eps > 0; got lr={lr}, "
+                f"beta1={beta1}, beta2={beta2}, eps={eps}"
+            )
+
+    def step(
+        self,
+        lam: torch.Tensor,
+        m: torch.Tensor,
+        v: torch.Tensor,
+        grad: torch.Tensor,
+        visits: torch.Tensor,
+        bias_correction: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(lam, m, v)`` after one update of (G,) thresholds with gradients ``grad``.
+
+        ``visits``: (G,) earlier visits of each threshold; Adam's bias correction counts the
+        threshold's own steps, which with ``init="batch_quantile"`` exclude the initialising
+        visit.
+        """
+        if self.optimizer == "sgd":
+            return sgd_threshold_step(lam, grad, self.lr), m, v
+        step = (visits if self.init == "batch_quantile" else visits + 1).clamp_min(1.0)
+        return adam_threshold_step(
+            lam, m, v, grad, step, self.lr, self.beta1, self.beta2, self.eps, bias_correction
+        )
 
 
 def check_alpha(alpha: float) -> float:
