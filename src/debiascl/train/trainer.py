@@ -156,7 +156,17 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
 
         Resumes first when ``checkpoint.resume`` is set; the checkpoint is checked before
         anything in the run directory is written, so a refused resume changes nothing.
+
+        Raises:
+            DataError: ``evaluate`` is set but the data has no test split (checked before any
+                training, not after it).
         """
+        if evaluate and self.data.test is None:
+            raise DataError(
+                f"data.dataset={self.cfg.data.dataset} has no test split to evaluate on: set "
+                "data.test_manifest=FILE, or train with --no-eval and evaluate later with "
+                "debiascl eval RUN_DIR data.test_manifest=FILE"
+            )
         try:
             self._prepare_run_dir()
             if self.cfg.checkpoint.resume:

