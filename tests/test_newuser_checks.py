@@ -10,6 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from cli_helpers import SMALL, cli, one_line_error
+from debiascl.config import load_config
 
 
 def _manifest(root: Path, n: int = 16) -> Path:
@@ -31,3 +32,15 @@ def test_manifest_without_test_split_is_refused_before_training(capsys, tmp_path
     assert code == 2
     one_line_error(err, "no test split", "data.test_manifest", "--no-eval")
     assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
+
+
+def test_ssd_without_a_masked_lm_names_an_override_that_works(capsys, tmp_path):
+    argv = ["train", "digits_clip", "--run-dir", str(tmp_path / "run"), "loss.name=ssd", *SMALL]
+    code, _, err = cli(capsys, argv)
+    assert code == 2
+    line = one_line_error(err, "loss.mlm_path")
+    suggested = [w for w in line.split() if "eta_source=" in w]
+    assert suggested, line
+    # the suggested spelling is an override the config accepts
+    cfg = load_config("digits_clip", ["loss.name=ssd", suggested[0].rstrip(".,;")])
+    assert cfg.loss.eta_source == "corpus_lm"

@@ -94,7 +94,7 @@ def _texts_for(texts: Sequence[str | None] | None, num_samples: int, source: str
     if texts is None:
         raise ConfigError(
             f"eta source {source!r} scores each sample's text, but the dataset has no texts; use "
-            f"image-text data or eta_source=constant/class_frequency"
+            f"image-text data or loss.eta_source=constant/class_frequency"
         )
     if len(texts) != num_samples:
         raise DataError(
@@ -112,7 +112,7 @@ def text_log_probs(spec: EtaSpec, texts: Sequence[str]) -> np.ndarray:
         if spec.mlm_path is None:
             raise ConfigError(
                 "eta source ssd_mlm needs loss.mlm_path, a local masked LM folder (e.g. CXR-BERT); "
-                "without one use eta_source=corpus_lm"
+                "without one use loss.eta_source=corpus_lm"
             )
         if not (Path(spec.mlm_path).expanduser() / "config.json").is_file():
             raise ConfigError(
