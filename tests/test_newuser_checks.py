@@ -3,10 +3,12 @@ training, messages name the keys a user can type, and the Markdown report tells 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from PIL import Image
 
 from cli_helpers import SMALL, cli, one_line_error
@@ -44,3 +46,29 @@ def test_ssd_without_a_masked_lm_names_an_override_that_works(capsys, tmp_path):
     # the suggested spelling is an override the config accepts
     cfg = load_config("digits_clip", ["loss.name=ssd", suggested[0].rstrip(".,;")])
     assert cfg.loss.eta_source == "corpus_lm"
+
+
+def _finished_run(root: Path, seed: int, lr: float, lp: float) -> Path:
+    run = root / f"run_lr{lr}_s{seed}"
+    run.mkdir()
+    cfg = load_config("digits_simclr", [f"seed={seed}", f"optim.lr={lr}"])
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (run / "summary.json").write_text(json.dumps({"knn": {"accuracy": lp}}))
+    return run
+
+
+def test_markdown_report_tells_settings_of_one_name_apart(capsys, tmp_path):
+    runs = [
+        _finished_run(tmp_path, 0, 0.001, 0.5),
+        _finished_run(tmp_path, 1, 0.001, 0.7),
+        _finished_run(tmp_path, 0, 0.01, 0.9),
+    ]
+    code, out, err = cli(capsys, ["report", *map(str, runs)])
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if line.startswith("| digits_simclr")]
+    assert len(rows) == 2
+    # both settings are called digits_simclr: the row names the key they differ in
+    assert rows[0].startswith("| digits_simclr (optim.lr=0.001) | 60.0 ± 14.1 |"), rows
+    assert rows[1].startswith("| digits_simclr (optim.lr=0.01) | 90.0 ± 0.0 |"), rows
+    # the last column is the number of runs with their seeds, not a bare seed list
+    assert rows[0].endswith("| 2 (0,1) |") and rows[1].endswith("| 1 (0) |"), rows

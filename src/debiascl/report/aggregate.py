@@ -76,11 +76,14 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def aggregate_runs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     """One entry per setting: ``{"label", "seeds", "runs", "metrics": {path: {mean, std, n}}}``."""
     groups: dict[str, dict[str, Any]] = {}
+    configs: dict[str, dict[str, Any]] = {}
     for run_dir in run_dirs:
         config, summary = load_run(Path(run_dir))
         key = _setting_key(config)
+        configs.setdefault(key, config)
         group = groups.setdefault(
-            key, {"label": config.get("name", key), "seeds": [], "runs": [], "values": {}}
+            key,
+            {"label": config.get("name", key), "key": key, "seeds": [], "runs": [], "values": {}},
         )
         group["seeds"].append(config.get("seed"))
         group["runs"].append(str(run_dir))
@@ -99,11 +102,40 @@ def aggregate_runs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
             for path, vals in group.pop("values").items()
         }
         out.append({**group, "metrics": metrics})
+    _distinguish_labels(out, configs)
     return out
 
 
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, val in tree.items():
+        if isinstance(val, dict) and val:
+            out.update(_flat(val, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(val, sort_keys=True)
+    return out
+
+
+def _distinguish_labels(groups: list[dict[str, Any]], configs: dict[str, dict]) -> None:
+    """Settings that share a name are labelled with the config keys in which they differ."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for group in groups:
+        by_label.setdefault(group["label"], []).append(group)
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        flats = [_flat(configs[g["key"]]) for g in same]
+        keys = sorted({k for f in flats for k in f} - {"seed", "name", "output_dir"})
+        keys = [k for k in keys if len({f.get(k, "(unset)") for f in flats}) > 1]
+        keys = [k for k in keys if k != "checkpoint.resume"]
+        for group, flat in zip(same, flats, strict=True):
+            diff = ", ".join(f"{k}={flat.get(k, '(unset)')}" for k in keys)
+            group["label"] = f"{group['label']} ({diff or group['key']})"
+
+
 def markdown_table(groups: list[dict[str, Any]], columns: dict[str, str] | None = None) -> str:
-    """Rows = settings, cells = mean ± std in percent (n seeds in the last column)."""
+    """Rows = settings, cells = mean ± std in percent; last column: the number of runs and their
+    seeds, ``3 (0,1,2)``."""
     columns = columns or {
         p: h for p, h in DEFAULT_COLUMNS.items() if any(p in g["metrics"] for g in groups)
     }
@@ -116,6 +148,6 @@ def markdown_table(groups: list[dict[str, Any]], columns: dict[str, str] | None 
         for path in columns:
             m = g["metrics"].get(path)
             cells.append("-" if m is None else f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}")
-        seeds = ",".join(str(s) for s in g["seeds"])
+        seeds = f"{len(g['runs'])} ({','.join(str(s) for s in g['seeds'])})"
         lines.append(f"| {g['label']} | " + " | ".join(cells) + f" | {seeds} |")
     return "\n".join(lines)
