@@ -48,10 +48,10 @@ def test_ssd_without_a_masked_lm_names_an_override_that_works(capsys, tmp_path):
     assert cfg.loss.eta_source == "corpus_lm"
 
 
-def _finished_run(root: Path, seed: int, lr: float, lp: float) -> Path:
-    run = root / f"run_lr{lr}_s{seed}"
+def _finished_run(root: Path, seed: int, lr: float, lp: float, loss: str = "infonce") -> Path:
+    run = root / f"run_{loss}_lr{lr}_s{seed}"
     run.mkdir()
-    cfg = load_config("digits_simclr", [f"seed={seed}", f"optim.lr={lr}"])
+    cfg = load_config("digits_simclr", [f"seed={seed}", f"optim.lr={lr}", f"loss.name={loss}"])
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     (run / "summary.json").write_text(json.dumps({"knn": {"accuracy": lp}}))
     return run
@@ -62,13 +62,16 @@ def test_markdown_report_tells_settings_of_one_name_apart(capsys, tmp_path):
         _finished_run(tmp_path, 0, 0.001, 0.5),
         _finished_run(tmp_path, 1, 0.001, 0.7),
         _finished_run(tmp_path, 0, 0.01, 0.9),
+        _finished_run(tmp_path, 0, 0.01, 0.8, loss="dcl"),
     ]
     code, out, err = cli(capsys, ["report", *map(str, runs)])
     assert code == 0, err
     rows = [line for line in out.splitlines() if line.startswith("| digits_simclr")]
-    assert len(rows) == 2
-    # both settings are called digits_simclr: the row names the key they differ in
-    assert rows[0].startswith("| digits_simclr (optim.lr=0.001) | 60.0 ± 14.1 |"), rows
-    assert rows[1].startswith("| digits_simclr (optim.lr=0.01) | 90.0 ± 0.0 |"), rows
+    assert len(rows) == 3
+    # every setting is called digits_simclr: the row names the keys they differ in
+    assert rows[0].startswith("| digits_simclr (loss.name=infonce, optim.lr=0.001) | 60.0 ±"), rows
+    assert rows[1].startswith("| digits_simclr (loss.name=infonce, optim.lr=0.01) | 90.0 ±"), rows
+    assert rows[2].startswith("| digits_simclr (loss.name=dcl, optim.lr=0.01) | 80.0 ±"), rows
+    assert "60.0 ± 14.1 |" in rows[0]
     # the last column is the number of runs with their seeds, not a bare seed list
     assert rows[0].endswith("| 2 (0,1) |") and rows[1].endswith("| 1 (0) |"), rows

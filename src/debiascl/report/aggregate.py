@@ -112,7 +112,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(val, dict) and val:
             out.update(_flat(val, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = json.dumps(val, sort_keys=True)
+            out[f"{prefix}{key}"] = val if isinstance(val, str) else json.dumps(val, sort_keys=True)
     return out
 
 
