@@ -75,3 +75,16 @@ def test_markdown_report_tells_settings_of_one_name_apart(capsys, tmp_path):
     assert "60.0 ± 14.1 |" in rows[0]
     # the last column is the number of runs with their seeds, not a bare seed list
     assert rows[0].endswith("| 2 (0,1) |") and rows[1].endswith("| 1 (0) |"), rows
+
+
+def test_debug_after_the_subcommand_shows_the_traceback(tmp_path):
+    # `debiascl eval DIR --debug` (the flag after the command) raises instead of one line
+    import pytest
+
+    from debiascl.cli import main
+    from debiascl.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="is not a run directory"):
+        main(["eval", str(tmp_path), "--debug"])
+    with pytest.raises(CheckpointError, match="is not a run directory"):
+        main(["--debug", "eval", str(tmp_path)])

@@ -240,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if "--debug" in extra:  # `debiascl eval RUN --debug` means the same as `debiascl --debug ...`
+        extra = [e for e in extra if e != "--debug"]
+        args.debug = True
     # Overrides may come after options (`train cfg --run-dir d a.b=1`); argparse leaves those over.
     stray = [e for e in extra if e.startswith("-") or "=" not in e]
     if stray or (extra and not hasattr(args, "overrides")):
