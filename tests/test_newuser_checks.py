@@ -88,3 +88,15 @@ def test_debug_after_the_subcommand_shows_the_traceback(tmp_path):
         main(["eval", str(tmp_path), "--debug"])
     with pytest.raises(CheckpointError, match="is not a run directory"):
         main(["--debug", "eval", str(tmp_path)])
+
+
+def test_explorer_of_a_detector_that_removed_nothing_says_so(capsys, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "digits_simclr", "--run-dir", str(run), "--no-eval", *SMALL]
+    # GloFND with thresholds starting at 1 removes nothing in its first epoch
+    code, _, err = cli(capsys, [*argv, "negatives.name=glofnd", "train.max_steps=2"])
+    assert code == 0, err
+    code, _, err = cli(capsys, ["explore", str(run)])
+    assert code == 2
+    one_line_error(err, "negatives.name=glofnd", "removed no negative pair")
+    assert "train with a false-negative detector" not in err

@@ -117,9 +117,8 @@ def build_explorer(run_dir: Path, limit: int | None = None) -> tuple[str, str, i
     pairs = read_removed_pairs(run_dir / FILE_NAME)
     if not pairs:
         raise DataError(
-            f"{run_dir} has no removed pairs ({FILE_NAME} missing or empty): train with a "
-            "false-negative detector (negatives.name=glofnd|fnc|single|oracle) and "
-            "train.removed_pairs_sample > 0"
+            f"{run_dir} has no removed pairs ({FILE_NAME} missing or empty): "
+            + _why_no_pairs(run_dir)
         )
     pairs.sort(key=lambda p: -p["similarity"])
     if limit is not None:
@@ -166,6 +165,29 @@ def build_explorer(run_dir: Path, limit: int | None = None) -> tuple[str, str, i
     )
     html = page("debiascl false-negative explorer", f"run: {run_dir}", body)
     return html, records_to_csv(export, EXPORT_COLUMNS), len(pairs)
+
+
+def _why_no_pairs(run_dir: Path) -> str:
+    """What to do about a run without removed pairs, from its saved config."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        raw = {}
+    detector = (raw.get("negatives") or {}).get("name", "none")
+    sample = (raw.get("train") or {}).get("removed_pairs_sample", 1)
+    if detector not in (None, "none") and sample:
+        return (
+            f"its detector (negatives.name={detector}) removed no negative pair while training "
+            "(negatives/removed_fraction in metrics.jsonl; nothing is removed before "
+            "negatives.start_epoch, and GloFND with init=one only once its thresholds fell); "
+            "train longer or with negatives.init=batch_quantile"
+        )
+    return (
+        "train with a false-negative detector (negatives.name=glofnd|fnc|single|oracle) and "
+        "train.removed_pairs_sample > 0"
+    )
 
 
 def write_explorer(
