@@ -100,3 +100,24 @@ def test_explorer_of_a_detector_that_removed_nothing_says_so(capsys, tmp_path):
     assert code == 2
     one_line_error(err, "negatives.name=glofnd", "removed no negative pair")
     assert "train with a false-negative detector" not in err
+
+
+def test_cli_warnings_are_one_line_each_once(capsys, monkeypatch):
+    import warnings
+
+    import debiascl.cli as cli_module
+
+    def configs(args):
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("kNN k=200 exceeds the smallest class", UserWarning, stacklevel=1)
+            warnings.warn("kNN k=200 exceeds the smallest class", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli_module, "_cmd_configs", configs)
+    before = warnings.showwarning
+    assert cli_module.main(["configs"]) == 0
+    err = capsys.readouterr().err
+    # one line, without the Python source line or file name, and a repeated text shown once
+    assert err == "debiascl: warning: kNN k=200 exceeds the smallest class\n", err
+    assert warnings.showwarning is before  # a library caller's warnings are left alone

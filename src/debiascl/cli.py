@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -235,6 +236,18 @@ def _one_line(err: DebiasclError) -> str:
     return text
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one ``debiascl: warning: ...`` line (no source line), each text once."""
+    text = str(message)
+    if text in _SHOWN_WARNINGS:
+        return
+    _SHOWN_WARNINGS.add(text)
+    print(f"debiascl: warning: {text}", file=sys.stderr if file is None else file)
+
+
+_SHOWN_WARNINGS: set[str] = set()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -249,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    shown = warnings.showwarning
+    if not args.debug:
+        warnings.showwarning = _warning_line
     try:
         return int(args.func(args) or 0)
     except DebiasclError as err:
@@ -262,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover
