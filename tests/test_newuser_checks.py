@@ -121,3 +121,15 @@ def test_cli_warnings_are_one_line_each_once(capsys, monkeypatch):
     # one line, without the Python source line or file name, and a repeated text shown once
     assert err == "debiascl: warning: kNN k=200 exceeds the smallest class\n", err
     assert warnings.showwarning is before  # a library caller's warnings are left alone
+
+
+def test_export_to_a_path_that_is_a_file_is_one_line(capsys, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "digits_simclr", "--run-dir", str(run), "--no-eval", *SMALL]
+    assert cli(capsys, [*argv, "model.encoder=resnet18", "train.max_steps=1"])[0] == 0
+    a_file = tmp_path / "out.yaml"
+    a_file.write_text("x")
+    code, _, err = cli(capsys, ["export", str(run), "--to", "timm", "-o", str(a_file)])
+    assert code == 2
+    one_line_error(err, "is a file, not a folder", "-o")
+    assert a_file.read_text() == "x"

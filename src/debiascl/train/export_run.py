@@ -58,13 +58,17 @@ def export_run(run_dir: Path, to: str, out: Path, checkpoint: str | None = None)
     :mod:`debiascl.models.export`).
 
     Raises:
-        ConfigError: unknown format, or a model without the tower the format needs.
+        ConfigError: unknown format, a model without the tower the format needs, or ``out``
+            a file or not writable (checked before the model is loaded).
         CheckpointError: not a run directory, or no readable checkpoint.
     """
     if to not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}, got {to!r}")
-    cfg, state, model = load_trained_model(Path(run_dir), checkpoint)
     out = Path(out)
+    from debiascl.compose.run_eval import ensure_writable_dir
+
+    ensure_writable_dir(out, "pass -o a writable folder (it is created if missing)")
+    cfg, state, model = load_trained_model(Path(run_dir), checkpoint)
     if to == "timm":
         export_timm(model, out, cfg.data.image_size)
     elif to == "hf":
