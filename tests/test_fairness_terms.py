@@ -190,10 +190,10 @@ def test_old_flat_keys_name_the_new_spelling() -> None:
            "fairness.mean_gap_weight=1"]  # fmt: skip
     with pytest.raises(ConfigError, match=r"\{name: mean_gap, weight: 1.0, schedule: linear"):
         load_config("synth_attr_clip", adv)  # the penalty followed the adversary's schedule
-    # a saved config of a run without fairness (every old key at its default) still loads
-    cfg = load_config("synth_attr_clip", ["fairness.enabled=false", "fairness.weight=1.0",
-                                          "fairness.bootstrap=200"])  # fmt: skip
-    assert cfg.fairness.terms == []
+    # user input with old keys at their defaults is refused too (saved run configs are migrated)
+    with pytest.raises(ConfigError, match="fairness.bootstrap, fairness.enabled, fairness.weight"):
+        load_config("synth_attr_clip", ["fairness.enabled=false", "fairness.weight=1.0",
+                                        "fairness.bootstrap=200"])  # fmt: skip
 
 
 def test_fingerprint_keeps_the_term_names() -> None:

@@ -149,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         help="section.key=value overrides: eval.* and the evaluation data (data.test_manifest, "
-        "data.manifest, data.label_column, data.test_size, ...); data settings the model was "
-        "trained on (image_size, channels, mode) are refused",
+        "data.manifest, data.label_column, data.test_size, ...) and train.device/train.threads; "
+        "anything else (data settings the model was trained on, train.*, loss.*) is refused",
     )
     ev.add_argument("--checkpoint", help="checkpoint path (default: newest in the run)")
     ev.add_argument("--json", action="store_true", help="also print the results as JSON")

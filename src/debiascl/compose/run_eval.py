@@ -12,7 +12,9 @@ readable class names), so ``eval`` accepts every ``data.*`` setting in
 with (its fingerprint is checked as for a resume), and only the frozen-feature evaluation reads
 the evaluation data. Settings that change what the trained model receives (image size, channels,
 mode, 16-bit scaling) or that only shape training (augmentation) are refused with a one-line
-error, as is a setting not known to be evaluation-only.
+error, as is a setting not known to be evaluation-only, any override outside ``eval.*``, the
+evaluation data and ``train.device``/``train.threads`` (``train.epochs``, ``loss.*``: they would
+be ignored), and zero-shot or retrieval asked of an image-image run.
 
 The output folder is checked for writing before any work starts; the CLI prints the results
 before saving them, so a save that fails late (disk full) loses nothing that was computed.
@@ -83,6 +85,50 @@ FIXED_DATA_KEYS = {
 }
 
 
+#: settings outside ``eval.*`` and ``data.*`` an evaluation may change (where it runs).
+EVAL_RUNTIME_KEYS = frozenset({"train.device", "train.threads"})
+
+#: ``eval.*`` settings that only an image-text run uses (text tower: prompts, captions).
+TEXT_EVAL_KEYS = frozenset({"zero_shot", "zero_shot_templates", "retrieval", "retrieval_ks"})
+
+
+def check_eval_overrides(overrides: list[str]) -> None:
+    """Raise a one-line :class:`ConfigError` for an override ``debiascl eval`` cannot use.
+
+    Accepted: ``eval.*``, the evaluation data (``data.*`` in :data:`EVAL_DATA_KEYS`) and
+    :data:`EVAL_RUNTIME_KEYS`; anything else (``train.epochs``, ``loss.temperature``, ...) only
+    shapes training, so it would be ignored.
+    """
+    accepted = "eval.*, data." + ", data.".join(sorted(EVAL_DATA_KEYS))
+    accepted += ", " + ", ".join(sorted(EVAL_RUNTIME_KEYS))
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("eval.") or key in EVAL_RUNTIME_KEYS:
+            continue
+        section, _, name = key.partition(".")
+        if section == "data" and name in EVAL_DATA_KEYS:
+            continue
+        if section == "data" and name in FIXED_DATA_KEYS:
+            why = FIXED_DATA_KEYS[name]
+        else:
+            why = "it only shapes training, the trained weights are evaluated as they are"
+        raise ConfigError(f"debiascl eval cannot change {key} ({why}); it accepts {accepted}")
+
+
+def _check_text_eval(cfg: RunConfig, overrides: list[str]) -> None:
+    """An override asking for zero-shot or retrieval on an image-image run is an error."""
+    if cfg.data.mode == "image_text":
+        return
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        name = key.removeprefix("eval.")
+        if key.startswith("eval.") and name in TEXT_EVAL_KEYS and getattr(cfg.eval, name):
+            raise ConfigError(
+                f"{key} needs an image-text run (this run has data.mode={cfg.data.mode}, no text "
+                "tower): zero-shot and retrieval are not computed; drop the override"
+            )
+
+
 class ResultsNotSavedError(TrainingError):
     """Evaluation finished but its results could not be written (they are on ``results``)."""
 
@@ -102,10 +148,13 @@ def eval_configs(
     :func:`~debiascl.config.migrate.migrate_run_config`).
 
     Raises:
-        ConfigError: an override changes a ``data.*`` setting outside :data:`EVAL_DATA_KEYS`.
+        ConfigError: an override outside ``eval.*``, :data:`EVAL_DATA_KEYS` and
+            :data:`EVAL_RUNTIME_KEYS`, or one asking for zero-shot/retrieval on an image-image run.
     """
+    check_eval_overrides(overrides)
     saved, legacy = read_run_config(config_path, ["checkpoint.resume=null"])
     evaluated, _ = read_run_config(config_path, [*overrides, "checkpoint.resume=null"])
+    _check_text_eval(evaluated, overrides)
     changed = [
         key
         for key in DataConfig.model_fields

@@ -3,7 +3,8 @@
 Old YAML files and overrides (``fairness.weight=0 fairness.mean_gap_weight=10
 fairness.mean_gap_whiten=true``) fail with one line naming the replacement
 (``fairness.terms: [{name: fisher_gap, weight: 10}]``). Saved run configs of runs that trained
-without fairness carry every old key at its default; those keys change nothing and are dropped.
+without fairness carry every old key at its default; config.migrate drops those silently. In
+user input an old key is an error even at its default value.
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def new_spelling(old: dict[str, Any]) -> list[str]:
 def reject_old_fairness_keys(raw: dict[str, Any]) -> None:
     """Raise a one-line :class:`ConfigError` for old flat ``fairness`` keys (see module doc).
 
-    Keys that all sit at their old defaults with fairness off are removed from ``raw``.
+    Used for user input (a YAML file, overrides), where an old key is an error whatever its
+    value; a saved run's config is migrated first (:mod:`debiascl.config.migrate`), which drops
+    old keys left at their defaults.
     """
     node = raw.get("fairness")
     if not isinstance(node, dict):
@@ -125,10 +128,7 @@ def reject_old_fairness_keys(raw: dict[str, Any]) -> None:
     old = {k: node[k] for k in OLD_FAIRNESS_KEYS if k in node}
     if not old:
         return
-    if all(old[k] == _DEFAULTS[k] for k in old):  # a saved config of a run without fairness
-        for key in old:
-            del node[key]
-        return
-    keys = ", ".join(f"fairness.{k}" for k in sorted(old) if old[k] != _DEFAULTS[k])
+    changed = [k for k in sorted(old) if old[k] != _DEFAULTS[k]] or sorted(old)
+    keys = ", ".join(f"fairness.{k}" for k in changed)
     replacement = new_spelling(old) or ["nothing (fairness was off); delete them"]
     raise ConfigError(f"{keys} moved: use {'; '.join(replacement)}")

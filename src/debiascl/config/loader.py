@@ -74,11 +74,12 @@ def _reject_moved_keys(raw: dict[str, Any]) -> None:
             )
 
 
-def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+def config_from_dict(raw: dict[str, Any], context: dict[str, Any] | None = None) -> RunConfig:
+    """A validated config from a mapping (``context``: pydantic validation context)."""
     _reject_moved_keys(raw)
     reject_old_fairness_keys(raw)
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw, context=context)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
 

@@ -144,7 +144,9 @@ def read_run_config(
     raw, notes, legacy = migrate_run_config(loaded)
     for note in notes:
         logger.warning("%s (saved by an older version): %s", path, note)
-    return config_from_dict(apply_overrides(raw, list(overrides or []))), legacy
+    saved_data = copy.deepcopy(raw.get("data")) if isinstance(raw.get("data"), dict) else {}
+    context = {"saved_data": saved_data}  # saved keys of another dataset: loaded as before
+    return config_from_dict(apply_overrides(raw, list(overrides or [])), context), legacy
 
 
 def load_run_config(path: Path | str, overrides: list[str] | None = None) -> RunConfig:

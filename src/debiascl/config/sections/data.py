@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
 
 from debiascl.config.sections.base import Section
+from debiascl.errors import ConfigError
+
+_IMAGE_FILES = frozenset({"manifest", "image_folder"})
+#: dataset-specific keys -> the built-in datasets that read them. Another built-in dataset
+#: ignores the key, so a value other than the default is an error there (registered plug-in
+#: datasets are not checked: they may read any key).
+DATASET_KEYS: dict[str, frozenset[str]] = {
+    **{
+        key: frozenset({"manifest"})
+        for key in (
+            "manifest",
+            "test_manifest",
+            "image_column",
+            "text_column",
+            "label_column",
+            "id_column",
+        )  # not attribute_columns: fairness terms take their attribute names from it
+    },
+    "root": frozenset({"fashion_mnist", "image_folder", "synthetic_attr"}),
+    "on_bad_image": _IMAGE_FILES,
+    "high_bit_scaling": _IMAGE_FILES,
+    **{
+        key: frozenset({"synthetic_attr"})
+        for key in ("synthetic_correlation", "synthetic_test_correlation", "synthetic_style")
+    },
+}
+BUILTIN_DATASETS = frozenset(
+    {"fashion_mnist", "digits", "manifest", "image_folder", "synthetic_attr"}
+)
 
 
 class DataConfig(Section):
@@ -83,3 +112,25 @@ class DataConfig(Section):
         description="how 16-bit images become 8-bit: divide by the type's range, or per-image "
         "min-max (for 12-bit values stored in 16 bits)",
     )
+
+    @model_validator(mode="after")
+    def _keys_of_another_dataset(self, info: ValidationInfo) -> DataConfig:
+        """A dataset-specific key changed for a built-in dataset that never reads it is an error.
+
+        ``info.context["saved_data"]``: a saved run's ``data`` mapping; keys it holds with the
+        same value are not checked, so a run saved before this check still loads.
+        """
+        if self.dataset not in BUILTIN_DATASETS:
+            return self
+        saved: dict[str, Any] = (info.context or {}).get("saved_data") or {}
+        for key, owners in DATASET_KEYS.items():
+            value = getattr(self, key)
+            if self.dataset in owners or (key in saved and saved[key] == value):
+                continue
+            if value != type(self).model_fields[key].get_default(call_default_factory=True):
+                names = " or ".join(f"data.dataset={name}" for name in sorted(owners))
+                raise ConfigError(
+                    f"data.{key} is only read with {names} (now: {self.dataset}); remove it or "
+                    "pick that dataset"
+                )
+        return self
