@@ -124,34 +124,41 @@ def test_fingerprint_mismatch_is_never_skipped_by_latest(tmp_path):
 
 
 # ------------------------------------------------------------------ fingerprints
+DIGITS = ("digits_simclr", ())
+MANIFEST = ("digits_simclr", ("data.dataset=manifest", "data.manifest=m.csv"))
+FMNIST = ("fmnist_simclr", ())
+
+
 @pytest.mark.parametrize(
-    ("override", "changes"),
+    ("override", "changes", "base_args"),
     [
-        ("model.width=12", True),
-        ("data.image_size=16", True),
-        ("data.train_size=100", True),
-        ("loss.temperature=0.5", True),
-        ("negatives.name=glofnd", True),
-        ("optim.lr=0.01", True),
-        ("train.batch_size=32", True),
-        ("train.epochs=7", False),
-        ("train.max_steps=3", False),
-        ("data.num_workers=2", False),
-        ("data.on_bad_image=skip", False),
-        ("eval.knn_k=5", False),
-        ("checkpoint.keep_last=9", False),
-        ("negatives.reset_on_resume=true", False),
-        ("seed=1", True),  # picks the training subset and every epoch's order
-        ("data.subset_seed=4", True),
-        ("data.label_column=y", True),
-        ("data.root=/elsewhere", False),  # built-in dataset: a cache location only
-        ("data.test_size=50", False),  # evaluation only
-        ("data.test_manifest=t.csv", False),
+        ("model.width=12", True, DIGITS),
+        ("data.image_size=16", True, DIGITS),
+        ("data.train_size=100", True, DIGITS),
+        ("loss.temperature=0.5", True, DIGITS),
+        ("negatives.name=glofnd", True, DIGITS),
+        ("optim.lr=0.01", True, DIGITS),
+        ("train.batch_size=32", True, DIGITS),
+        ("train.epochs=7", False, DIGITS),
+        ("train.max_steps=3", False, DIGITS),
+        ("data.num_workers=2", False, DIGITS),
+        ("data.on_bad_image=skip", False, MANIFEST),
+        ("eval.knn_k=5", False, DIGITS),
+        ("checkpoint.keep_last=9", False, DIGITS),
+        ("negatives.reset_on_resume=true", False, DIGITS),
+        ("seed=1", True, DIGITS),  # picks the training subset and every epoch's order
+        ("data.subset_seed=4", True, DIGITS),
+        ("data.label_column=y", True, MANIFEST),
+        ("data.root=/elsewhere", False, FMNIST),  # built-in dataset: a cache location only
+        ("data.test_size=50", False, DIGITS),  # evaluation only
+        ("data.test_manifest=t.csv", False, MANIFEST),
     ],
 )
-def test_fingerprint_covers_what_must_match(override, changes):
-    base = load_config("digits_simclr")
-    other = load_config("digits_simclr", [override])
+def test_fingerprint_covers_what_must_match(override, changes, base_args):
+    # dataset-specific keys are only accepted with their dataset (a digits run refuses them)
+    name, extra = base_args
+    base = load_config(name, list(extra))
+    other = load_config(name, [*extra, override])
     assert (ckpt.config_fingerprint(base, 100) != ckpt.config_fingerprint(other, 100)) == changes
     assert ckpt.config_fingerprint(base, 100) != ckpt.config_fingerprint(base, 101)
 
