@@ -13,7 +13,9 @@ multi-worker loader that prefetches -- and the real pass then re-trains the cons
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import multiprocessing
 import signal
 from collections.abc import Iterator
 
@@ -90,6 +92,19 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
         signal.signal(signum, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _kill_daemonic_children() -> None:
+    """At interpreter exit multiprocessing terminates daemonic children with SIGTERM and joins
+    them; loader workers ignore SIGTERM (:func:`ignore_stop_signals`), so a worker left behind
+    by an error would block the exit forever. Kill them first (this handler is registered after
+    multiprocessing's, so it runs before it)."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_kill_daemonic_children)
 
 
 class stop_signals_blocked:
