@@ -44,6 +44,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
         subsample_classes=list(cfg.subsample_classes),
         subsample_fraction=cfg.subsample_fraction,
         caption_templates=cfg.caption_templates,
+        validation_size=cfg.validation_size,
     )
 
 

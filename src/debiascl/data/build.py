@@ -39,6 +39,9 @@ __all__ = [
 #: Seed of the test-split captions and (without data.subset_seed) the test subset: fixed, so runs
 #: with different seeds are evaluated on identical test data.
 TEST_SEED = 0
+#: Seed of the validation rows held out of the training split (``validation_size``): fixed and
+#: independent of the run seed, so every run of a settings search is scored on the same rows.
+VALIDATION_SEED = 20261130
 
 
 @dataclass
@@ -54,6 +57,8 @@ class DataBundle:
             ``data.image_size``); stored images may differ (the augmentation converts).
         mode: ``image_image`` or ``image_text``.
         attr_names, attr_vocab: attribute columns and their value -> code vocabularies.
+        eval_split: what ``test`` holds: ``"test"`` (the source's test split) or
+            ``"validation"`` (training samples held out by ``data.validation_size``).
     """
 
     train: SampleDataset
@@ -65,6 +70,7 @@ class DataBundle:
     mode: str = "image_image"
     attr_names: list[str] = field(default_factory=list)
     attr_vocab: dict[str, dict[str, int]] = field(default_factory=dict)
+    eval_split: str = "test"
 
     @property
     def prompt_names(self) -> list[str] | None:
@@ -179,6 +185,7 @@ def assemble_data(
     subsample_classes: list[int] | None = None,
     subsample_fraction: float = 1.0,
     caption_templates: str = "default",
+    validation_size: int | None = None,
 ) -> DataBundle:
     """The :class:`DataBundle` of a dataset's ``train`` / ``test`` splits.
 
@@ -189,19 +196,40 @@ def assemble_data(
     use fixed seeds so every run is evaluated on the same test data. ``dataset`` names the data in
     errors.
 
+    ``validation_size`` holds out that many class-stratified training samples (fixed seed
+    :data:`VALIDATION_SEED`, drawn before ``train_size``, disjoint from the training subset) and
+    evaluates on them instead of the test split (``DataBundle.eval_split == "validation"``):
+    the split on which to choose settings, so the test split is never looked at while tuning.
+
     Raises:
         ConfigError: a subset larger than its split, ``test_size`` without a test split, or
             image_text data whose samples cannot all be captioned.
     """
     train_seed = subset_seed if subset_seed is not None else seed
     test_seed = subset_seed if subset_seed is not None else TEST_SEED
+    eval_split = "test"
+    if validation_size is not None:
+        if test_size is not None:
+            raise ConfigError(
+                "data.test_size subsets the test split, which data.validation_size replaces "
+                "for evaluation; unset one of them"
+            )
+        if validation_size >= len(train):
+            raise ConfigError(
+                f"data.validation_size={validation_size} leaves no training samples out of "
+                f"{len(train)}; lower it"
+            )
+        val_rows = stratified_subset(train.labels, validation_size, VALIDATION_SEED)
+        rest = np.setdiff1d(np.arange(len(train)), val_rows)
+        test, train = train.select(val_rows), train.select(rest)
+        eval_split = "validation"
     train = _subset(train, train_size, train_seed, "train")
     if subsample_classes and subsample_fraction < 1.0:
         rows = subsample_classes_rows(
             train.labels, subsample_classes, subsample_fraction, train_seed
         )
         train = train.select(rows)
-    if test is not None:
+    if test is not None and eval_split == "test":
         test = _subset(test, test_size, test_seed, "test")
     elif test_size is not None:
         raise ConfigError(f"data.test_size is set but dataset {dataset!r} has no test split")
@@ -219,6 +247,7 @@ def assemble_data(
         mode=mode,
         attr_names=list(train.attr_names),
         attr_vocab=dict(train.attr_vocab),
+        eval_split=eval_split,
     )
 
 

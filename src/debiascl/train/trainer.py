@@ -231,6 +231,7 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
             "steps": self.state.step,
             "train_seconds": time.perf_counter() - start,
             "world_size": self.world,
+            "eval_split": self.data.eval_split,
             "versions": {"debiascl": __version__, "torch": torch.__version__},
         }
         detection = {

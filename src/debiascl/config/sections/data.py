@@ -70,6 +70,13 @@ class DataConfig(Section):
         description="seed of the train_size/test_size subsets (default: the run seed for the "
         "training subset and 0 for the test subset, so every run is tested on the same samples)",
     )
+    validation_size: int | None = Field(
+        None,
+        ge=1,
+        description="hold out N class-stratified training samples (fixed seed, disjoint from the "
+        "training subset) and evaluate on them instead of the test split: choose settings here, "
+        "never on test",
+    )
     classes: list[str | int] = Field(
         default_factory=list,
         description="keep only these classes (names or label indices) in both splits, relabelled "
