@@ -24,6 +24,7 @@ bit: same seed, same data order, same augmentation draws.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 import tempfile
@@ -72,17 +73,45 @@ def make_config(objective: str, batch: int, steps: int) -> RunConfig:
     return load_config("fmnist_simclr_glofnd", overrides)
 
 
+def _stamp(stamps: list[tuple[float, float]]) -> None:
+    stamps.append((time.process_time(), time.perf_counter()))
+
+
+def _per_step(stamps: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median (CPU, wall) seconds between consecutive step starts: one whole loop iteration
+    (next batch, bookkeeping, step)."""
+    return (
+        statistics.median(b[0] - a[0] for a, b in itertools.pairwise(stamps)),
+        statistics.median(b[1] - a[1] for a, b in itertools.pairwise(stamps)),
+    )
+
+
 def run_trainer(cfg: RunConfig) -> dict[str, Any]:
-    """``debiascl train --no-eval`` in this process; times construction and ``fit``."""
+    """``debiascl train --no-eval`` in this process; times construction, ``fit`` and each loop
+    iteration (a time stamp as each ``train_step`` begins)."""
     t0, c0 = time.perf_counter(), time.process_time()
+    stamps: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp) / "run")
+        inner = trainer.train_step
+
+        def stamped_step(batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
+            _stamp(stamps)
+            return inner(batch, ctx)
+
+        trainer.train_step = stamped_step  # type: ignore[method-assign]
         t1, c1 = time.perf_counter(), time.process_time()
         trainer.fit(evaluate=False)
         t2, c2 = time.perf_counter(), time.process_time()
         params = [p.detach().clone() for p in trainer.model.parameters()]
         loss = trainer.last_record["loss"]
-    return {"cpu": (c1 - c0, c2 - c1), "wall": (t1 - t0, t2 - t1), "loss": loss, "params": params}
+    return {
+        "cpu": (c1 - c0, c2 - c1),
+        "wall": (t1 - t0, t2 - t1),
+        "step": _per_step(stamps),
+        "loss": loss,
+        "params": params,
+    }
 
 
 def run_hand_loop(cfg: RunConfig) -> dict[str, Any]:
@@ -117,10 +146,12 @@ def run_hand_loop(cfg: RunConfig) -> dict[str, Any]:
     t1, c1 = time.perf_counter(), time.process_time()
     model.train()
     step = 0
+    stamps: list[tuple[float, float]] = []
     for epoch in range(cfg.train.epochs):
         loader.sampler.set_epoch(epoch)
         losses = []
         for batch_ in loader:
+            _stamp(stamps)
             v1, v2 = augment(batch_["image"])
             a, b = model(torch.cat([v1, v2])).chunk(2)
             ctx = StepContext(epoch=epoch, step=step, training=True, progress=step / steps)
@@ -137,6 +168,7 @@ def run_hand_loop(cfg: RunConfig) -> dict[str, Any]:
     return {
         "cpu": (c1 - c0, c2 - c1),
         "wall": (t1 - t0, t2 - t1),
+        "step": _per_step(stamps),
         "loss": loss,
         "params": params_out,
     }
@@ -145,9 +177,9 @@ def run_hand_loop(cfg: RunConfig) -> dict[str, Any]:
 def compare(objective: str, batch: int, steps: int, rounds: int) -> dict[str, Any]:
     """``rounds`` pairs of runs after one warm-up pair, the order flipping every pair.
 
-    Returns the medians of each side's phases (construction, training) per clock, the median of
-    the per-pair ratios trainer / hand loop, both sides' losses and whether the final weights
-    are bit-identical.
+    Returns each side's median ms per step, the medians of the per-pair ratios trainer / hand
+    loop (per step, whole training phase, whole run), the last pair's losses, and whether losses
+    and final weights were identical in every pair.
     """
     cfg = make_config(objective, batch, steps)
     sides = [("trainer", run_trainer), ("hand loop", run_hand_loop)]
@@ -157,18 +189,21 @@ def compare(objective: str, batch: int, steps: int, rounds: int) -> dict[str, An
             result = fn(cfg)
             if r > 0:
                 runs[name].append(result)
-    med = {
-        name: {
-            clock: [statistics.median(x[clock][i] for x in results) for i in (0, 1)]
-            for clock in ("cpu", "wall")
-        }
+    ms_step = {
+        name: 1000 * statistics.median(x["step"][0] for x in results)
         for name, results in runs.items()
     }
     pairs = list(zip(runs["trainer"], runs["hand loop"], strict=True))
-    ratio = {
-        "cpu": statistics.median(t["cpu"][1] / h["cpu"][1] for t, h in pairs),
-        "wall": statistics.median(t["wall"][1] / h["wall"][1] for t, h in pairs),
-        "whole": statistics.median(sum(t["cpu"]) / sum(h["cpu"]) for t, h in pairs),
+
+    def ratio(of: Any) -> float:
+        return statistics.median(of(t) / of(h) for t, h in pairs)
+
+    ratios = {
+        "step cpu": ratio(lambda x: x["step"][0]),
+        "step wall": ratio(lambda x: x["step"][1]),
+        "train cpu": ratio(lambda x: x["cpu"][1]),
+        "train wall": ratio(lambda x: x["wall"][1]),
+        "whole cpu": ratio(lambda x: sum(x["cpu"])),
     }
     same_loss = all(t["loss"] == h["loss"] for t, h in pairs)
     same_params = all(
@@ -176,12 +211,24 @@ def compare(objective: str, batch: int, steps: int, rounds: int) -> dict[str, An
     )
     t, h = pairs[-1]
     return {
-        "med": med,
-        "ratio": ratio,
+        "ms_step": ms_step,
+        "ratio": ratios,
         "loss": (t["loss"], h["loss"]),
         "same_loss": same_loss,
         "same_params": same_params,
     }
+
+
+HEADERS = [
+    "objective",
+    "trainer ms/step",
+    "hand loop ms/step",
+    "trainer / hand per step",
+    "per step (wall)",
+    "fit / loop",
+    "fit / loop (wall)",
+    "whole run",
+]
 
 
 def run(batch: int = 128, steps: int = 16, rounds: int = 4) -> tuple[str, dict]:
@@ -191,16 +238,17 @@ def run(batch: int = 128, steps: int = 16, rounds: int = 4) -> tuple[str, dict]:
     for objective in OBJECTIVES:
         res = compare(objective, batch, steps, rounds)
         results[objective] = res
-        tc, hc = res["med"]["trainer"]["cpu"], res["med"]["hand loop"]["cpu"]
-        ratio = res["ratio"]
+        r = res["ratio"]
         rows.append(
             [
                 objective,
-                1000 * tc[1] / steps,
-                1000 * hc[1] / steps,
-                ratio["cpu"],
-                ratio["wall"],
-                ratio["whole"],
+                res["ms_step"]["trainer"],
+                res["ms_step"]["hand loop"],
+                r["step cpu"],
+                r["step wall"],
+                r["train cpu"],
+                r["train wall"],
+                r["whole cpu"],
             ]
         )
         lt, lh = res["loss"]
@@ -213,27 +261,21 @@ def run(batch: int = 128, steps: int = 16, rounds: int = 4) -> tuple[str, dict]:
         [
             f"Batch {batch}, {steps} steps (one epoch of {batch * steps} Fashion-MNIST images), "
             "small CNN width 16 + projection head, `simclr` augmentation, AdamW + warm-up/cosine, "
-            f"CPU. {rounds} pairs of runs after one warm-up pair, the order flipping every pair; "
-            "ratios are medians of the per-pair ratios, ms/step medians of the runs. Trainer: "
-            "`Trainer(cfg).fit(evaluate=False)` (= `debiascl train --no-eval`: run directory and "
-            "lock, config.yaml, TensorBoard, per-step flag check and non-finite guards, "
+            "CPU, no evaluation. **Trainer**: `Trainer(cfg).fit(evaluate=False)`, what "
+            "`debiascl train --no-eval` runs (run directory and lock, config.yaml, TensorBoard, "
+            "per-step flag check, non-finite loss and gradient guards, progress totals, "
             "metrics.jsonl, detection diagnostics, removed_pairs.csv, final checkpoint, "
-            "summary.json). Hand loop: the same library components in a bare loop (augment, "
-            "encode, objective, backward, optimiser and schedule step), loss read once per "
-            "epoch. Training = `fit()` vs the loop; whole run adds construction (data, model, "
-            "objective) on both sides.",
+            "summary.json). **Hand loop**: the same library components (`create_model`, "
+            "`build_objective`, `make_augment`, `make_loader`, AdamW, `warmup_cosine`) in a bare "
+            "loop: augment, encode, objective, backward, optimiser and schedule step; the loss "
+            f"read once per epoch. {rounds} pairs of runs after one warm-up pair, the order "
+            "flipping every pair; ratios are medians of the per-pair ratios. Per step: median "
+            "time between consecutive step starts (one whole loop iteration: next batch, "
+            "bookkeeping, step). fit / loop: the whole training phase, once-per-run and "
+            "once-per-epoch costs included. Whole run: construction (data, model, objective) "
+            "added on both sides. CPU time of the process unless marked wall.",
             "",
-            table(
-                [
-                    "objective",
-                    "trainer ms/step (CPU)",
-                    "hand loop ms/step (CPU)",
-                    "trainer / hand, training (CPU)",
-                    "trainer / hand, training (wall)",
-                    "trainer / hand, whole run (CPU)",
-                ],
-                rows,
-            ),
+            table(HEADERS, rows),
             "",
             "Same result (sanity: same seed, data order and augmentation draws):",
             "",

@@ -59,14 +59,15 @@ class SignalMixin:
         may reach only some ranks; all of them must stop at the same step.
         """
         size = 0 if batch is None else int(batch["index"].shape[0])
+        if not dist_utils.is_distributed():  # nothing to agree on: no tensor, no device sync
+            return size == self.local_batch, bool(self._stop_signal)
         flags = torch.tensor(
             [float(size == self.local_batch), -float(self._stop_signal or 0)],
             device=self.device,
         )
-        if dist_utils.is_distributed():
-            import torch.distributed as dist
+        import torch.distributed as dist
 
-            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
         signum = int(-flags[1].item())
         if signum:
             self._stop_signal = signum  # every rank reports the signal some rank received

@@ -151,10 +151,11 @@ class StepMixin:
         return logs
 
     def _grads_finite(self) -> bool:
-        """One device sync: the sum of gradient norms is finite iff every gradient is."""
+        """One device sync: the sum of gradient norms is finite iff every gradient is (the
+        norms in one multi-tensor call rather than a kernel per parameter)."""
         params = [*self.model.parameters(), *self.objective.parameters()]
-        norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-        return not norms or bool(torch.isfinite(torch.stack(norms).sum()))
+        grads = [p.grad.detach().float() for p in params if p.grad is not None]
+        return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()))
 
     def _nonfinite(self, ctx: StepContext, what: str, logs: dict[str, float]) -> dict[str, float]:
         if self.cfg.train.on_nonfinite == "skip":
