@@ -21,7 +21,8 @@ disabled, so logits of 1/t = 14 (or 100) never overflow, not even under fp16/bf1
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -134,25 +135,168 @@ def debiased_info_nce(
                 - torch.logsumexp(beta * neg, dim=1)
             )
 
-        eta_t = torch.as_tensor(eta, dtype=dtype, device=logits.device)
-        eta_t = eta_t.expand(num_anchors)
-        # r = log(N eta e^p / S); the numerator S - N eta e^p is positive iff r < 0.
-        r = torch.log(eta_t) + log_n + pos - log_s
-        positive = r < 0
-        # Both where-branches are differentiated: keep the unused one finite, and keep r away from
-        # 0 so d/dr log(-expm1(r)) ~ 1/r cannot overflow (values there are below float precision).
-        r_safe = torch.where(positive, r.clamp(max=-1e-30), torch.full_like(r, -1.0))
-        log_num = log_s + torch.log(-torch.expm1(r_safe))
-        log_ng = log_num - torch.log1p(-eta_t)
+        loss, clamped = _debiased_tail(log_s, pos, log_n, empty, eta, logit_scale)
+    return DebiasedTerms(loss=loss, clamped=clamped & ~empty, num_negatives=count)
 
-        # The clamp also covers a non-positive numerator (r >= 0), where log_num is meaningless.
-        scale = torch.as_tensor(logit_scale, device=logits.device).to(dtype)
-        log_floor = log_n - scale
-        clamped = ~positive | (log_ng < log_floor)
-        log_ng = torch.where(clamped, log_floor, log_ng)
 
-        loss = F.softplus(log_ng - pos)
-        loss = torch.where(empty, torch.zeros_like(loss), loss)
+def _debiased_tail(
+    log_s: torch.Tensor,
+    pos: torch.Tensor,
+    log_n: torch.Tensor,
+    empty: torch.Tensor,
+    eta: float | torch.Tensor,
+    logit_scale: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A,) loss and clamped flags from log S, the positive logit and log N (all (A,))."""
+    dtype, device = log_s.dtype, log_s.device
+    eta_t = torch.as_tensor(eta, dtype=dtype, device=device).expand(log_s.shape[0])
+    # r = log(N eta e^p / S); the numerator S - N eta e^p is positive iff r < 0.
+    r = torch.log(eta_t) + log_n + pos - log_s
+    positive = r < 0
+    # Both where-branches are differentiated: keep the unused one finite, and keep r away from
+    # 0 so d/dr log(-expm1(r)) ~ 1/r cannot overflow (values there are below float precision).
+    r_safe = torch.where(positive, r.clamp(max=-1e-30), torch.full_like(r, -1.0))
+    log_num = log_s + torch.log(-torch.expm1(r_safe))
+    log_ng = log_num - torch.log1p(-eta_t)
+
+    # The clamp also covers a non-positive numerator (r >= 0), where log_num is meaningless.
+    scale = torch.as_tensor(logit_scale, device=device).to(dtype)
+    log_floor = log_n - scale
+    clamped = ~positive | (log_ng < log_floor)
+    log_ng = torch.where(clamped, log_floor, log_ng)
+
+    loss = F.softplus(log_ng - pos)
+    loss = torch.where(empty, torch.zeros_like(loss), loss)
+    return loss, clamped
+
+
+#: Added to removed entries (as -1e30) so they fall below every kept logit without -inf.
+_REMOVED = 1e30
+
+
+def _zero_exp_floor(dtype: torch.dtype) -> float:
+    """An x whose exp is exactly 0 in ``dtype``, with everything below it 0 too (about -105 in
+    float32, -746 in float64): clamping to it changes no exponential and keeps exp fast."""
+    fi = torch.finfo(dtype)
+    return math.log(fi.tiny) + math.log(fi.eps) - math.log(2.0) - 1.0
+
+
+def _shifted_exp(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(e, total, lse)`` of the rows of ``x`` whose removed entries are near -1e30: e =
+    exp(x - rowmax) (exactly 0 on removed entries), its row sums and the row log-sum-exp, the
+    same values bit for bit as ``torch.logsumexp`` of x with -inf on the removed entries (the
+    clamp only replaces inputs whose exp is 0 anyway; -inf itself is several times slower)."""
+    top = x.amax(dim=1)
+    e = x.sub_(top[:, None]).clamp_min_(_zero_exp_floor(x.dtype)).exp_()
+    total = e.sum(dim=1)
+    return e, total, total.log().add_(top)
+
+
+class _LogNegSum(torch.autograd.Function):
+    """log S (DCL/HCL) and the positive logit per row, from similarities, in a few passes.
+
+    Forward gives :func:`debiased_info_nce`'s ``log_s`` and positive logit (bit for bit); the
+    backward is one scaled copy of the saved exponentials per log-sum-exp plus a scatter into the
+    positive column, instead of autograd's re-exponentiation and its zero-filled gather gradient
+    (the same gradient up to rounding). Masks enter as arithmetic on a float copy: boolean
+    ``where``/``masked_fill`` with broadcasting are several times slower on CPU.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        sim: torch.Tensor,
+        scale: torch.Tensor,
+        keep: torch.Tensor,
+        offset: torch.Tensor,
+        pos_index: torch.Tensor,
+        log_n: torch.Tensor,
+        beta: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = log_n.dtype
+        simd = sim.detach().to(dtype)
+        scaled = scale.detach().to(dtype)
+        pos = simd.gather(1, pos_index[:, None])[:, 0] * scaled
+        # neg = l on kept entries (l + 0 exactly), about -offset on removed ones (in place: the
+        # caller's float keep-mask is a scratch copy)
+        neg = keep.sub_(1.0).mul_(offset[:, None]).addcmul_(simd, scaled)
+        if beta == 0:
+            e, total, log_s = _shifted_exp(neg)
+            e_hard = total_hard = None
+        else:
+            # log S = log N + LSE((1 + beta) n) - LSE(beta n)
+            e, total, lse_1b = _shifted_exp((1.0 + beta) * neg)
+            e_hard, total_hard, lse_b = _shifted_exp(neg.mul_(beta))
+            log_s = log_n + lse_1b - lse_b
+        ctx.save_for_backward(e, total, e_hard, total_hard, pos_index, simd, scale)
+        ctx.beta = beta
+        ctx.sim_dtype = sim.dtype
+        return log_s, pos
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_log_s: torch.Tensor, grad_pos: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        e, total, e_hard, total_hard, pos_index, simd, scale = ctx.saved_tensors
+        beta = ctx.beta
+        g = grad_log_s.to(e.dtype)
+        gp = grad_pos.to(e.dtype)
+        # d log S / d l_ij: e_ij / sum(e) (DCL); (1 + b) e_ij / sum(e) - b eh_ij / sum(eh) (HCL)
+        coef = g / total if e_hard is None else g * (1.0 + beta) / total
+        coef_hard = None if e_hard is None else g * beta / total_hard
+        grad_sim = grad_scale = None
+        if ctx.needs_input_grad[0]:  # d l / d sim = scale, folded into the row coefficients
+            s = scale.to(e.dtype)
+            grad_sim = e * (coef * s)[:, None]
+            if e_hard is not None:
+                grad_sim.addcmul_(e_hard, (coef_hard * s)[:, None], value=-1.0)
+            grad_sim.scatter_add_(1, pos_index[:, None], (gp * s)[:, None])
+            grad_sim = grad_sim.to(ctx.sim_dtype)
+        if ctx.needs_input_grad[1]:  # d l / d scale = sim
+            row = coef * (e * simd).sum(dim=1)
+            if e_hard is not None:
+                row = row - coef_hard * (e_hard * simd).sum(dim=1)
+            row = row + gp * simd.gather(1, pos_index[:, None])[:, 0]
+            grad_scale = row.sum().to(scale.dtype).reshape(scale.shape)
+        return grad_sim, grad_scale, None, None, None, None, None
+
+
+def debiased_info_nce_from_sim(
+    sim: torch.Tensor,
+    logit_scale: torch.Tensor,
+    pos_index: torch.Tensor,
+    neg_mask: torch.Tensor,
+    eta: float | torch.Tensor = 0.0,
+    beta: float = 0.0,
+) -> DebiasedTerms:
+    """:func:`debiased_info_nce` on the logits ``logit_scale * sim`` with positives at
+    ``pos_index``: the same values (bit for bit) and gradients (up to rounding), in fewer passes.
+
+    Args:
+        sim: (A, M) similarities (in the graph; any float dtype, computed in float32 or better).
+        logit_scale: scalar tensor 1 / t (may require grad).
+        pos_index: (A,) int64 column of each row's positive.
+        neg_mask: (A, M) bool, the negatives that enter the estimator.
+        eta, beta: as for :func:`debiased_info_nce` (not checked here).
+
+    Returns:
+        :class:`DebiasedTerms` as :func:`debiased_info_nce`.
+    """
+    dtype = torch.promote_types(sim.dtype, torch.float32)
+    with torch.autocast(device_type=sim.device.type, enabled=False):
+        # byte view: much faster than .to(float); a fresh copy the kernel overwrites
+        keep = neg_mask.view(torch.uint8).to(dtype, copy=True)
+        n_f = keep.sum(dim=1)  # exact counts
+        count = n_f.long()
+        empty = n_f == 0
+        # Rows without negatives keep every entry (no removal offset), so no -inf - -inf
+        # appears; their loss is replaced by 0 (torch.where then sends them no gradient).
+        offset = torch.where(empty, 0.0, _REMOVED).to(dtype)
+        n_f = torch.where(empty, float(neg_mask.shape[1]), n_f)
+        log_n = torch.log(n_f)
+        scale = torch.as_tensor(logit_scale, device=sim.device)
+        log_s, pos = _LogNegSum.apply(sim, scale, keep, offset, pos_index, log_n, float(beta))
+        loss, clamped = _debiased_tail(log_s, pos, log_n, empty, eta, scale)
     return DebiasedTerms(loss=loss, clamped=clamped & ~empty, num_negatives=count)
 
 

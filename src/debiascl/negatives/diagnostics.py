@@ -53,25 +53,34 @@ class DetectionStats:
         self._sums = torch.zeros(len(self._KEYS), dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, batch: PairwiseBatch, keep: torch.Tensor) -> None:
+    def update(self, batch: PairwiseBatch, keep: torch.Tensor, keeps_all: bool = False) -> None:
         """Add one batch: ``keep`` (A, M) bool is the detector's mask.
+
+        ``keeps_all``: the caller knows ``keep`` is True everywhere (no detector), so nothing
+        was removed and the mask need not be scanned (the same sums).
 
         Stays on the batch's device with no host synchronisation (the sums move to the CPU only
         in :meth:`compute`).
         """
         # count_true: bool row counts without widening every entry to int64 (several x faster)
-        removed = batch.neg_mask & ~keep
-        n_removed = count_true(removed).double()
+        n_negatives = count_true(batch.neg_mask)
+        removed = None if keeps_all else batch.neg_mask & ~keep
+        n_removed = (
+            torch.zeros_like(n_negatives) if removed is None else count_true(removed)
+        ).double()
         zero = n_removed.new_zeros(())
-        parts = [n_removed.sum(), count_true(batch.neg_mask).sum().double()]
+        parts = [n_removed.sum(), n_negatives.sum().double()]
         same = batch.same_label_mask()
         known = batch.known_label_mask()
         if same is None or known is None:
             parts += [zero] * 7
         else:
-            hits = count_true(removed & same).double()
             n_same = count_true(same).double()
-            n_removed_known = count_true(removed & known).double()
+            if removed is None:
+                hits = n_removed_known = n_removed
+            else:
+                hits = count_true(removed & same).double()
+                n_removed_known = count_true(removed & known).double()
             parts += [
                 (hits / n_removed_known.clamp_min(1)).sum(),  # rows with nothing removed add 0
                 (n_removed_known > 0).sum().double(),

@@ -56,7 +56,10 @@ class ObjectiveOutput:
 
 
 def validate_sample_ids(ids: torch.Tensor, num_samples: int) -> None:
-    """Check that ``ids`` is an int tensor of distinct values in [0, num_samples) globally."""
+    """Check that ``ids`` is an int tensor of distinct values in [0, num_samples) globally.
+
+    One fused check (range and duplicates) read back with a single host synchronisation.
+    """
     check(
         not ids.is_floating_point() and not ids.is_complex(),
         f"sample ids must be an integer tensor, got {ids.dtype}",
@@ -65,14 +68,17 @@ def validate_sample_ids(ids: torch.Tensor, num_samples: int) -> None:
     all_ids = dist_utils.gather_no_grad(ids.long())
     if all_ids.numel() == 0:
         return
-    lo, hi = int(all_ids.min()), int(all_ids.max())
-    if lo < 0 or hi >= num_samples:
-        bad = lo if lo < 0 else hi
+    srt = all_ids.reshape(-1).sort().values
+    lo, hi = srt[0], srt[-1]
+    dup = (srt[1:] == srt[:-1]).any() if srt.numel() > 1 else srt.new_zeros((), dtype=torch.bool)
+    lo_v, hi_v, dup_v = torch.stack([lo, hi, dup.to(srt.dtype)]).tolist()
+    if lo_v < 0 or hi_v >= num_samples:
+        bad = lo_v if lo_v < 0 else hi_v
         raise DataError(
             f"sample id {bad} is outside [0, {num_samples}); the dataset must return stable ids "
             f"in [0, num_samples) (set num_samples to the size of the id space)"
         )
-    if all_ids.unique().numel() != all_ids.numel():
+    if dup_v:
         raise DataError(
             "duplicate sample ids in one global batch; each sample may appear once per step "
             "(use a sampler without replacement, e.g. DistributedSampler with drop_last=True)"
@@ -159,16 +165,24 @@ class ContrastiveObjective(nn.Module):
         logs: dict[str, float] = {}
         masks: dict[str, torch.Tensor] = {}
         batches = self.pairs(a, b, ids, labels)
+        if self.num_samples is not None:
+            for batch in batches:
+                batch.ids_checked_below = self.num_samples
         if reference is not None:
             with torch.no_grad():
                 refs = self.pairs(reference[0].detach(), reference[1].detach(), ids, labels)
             for batch, ref in zip(batches, refs, strict=True):
                 batch.reference_sim = ref.sim.float()
         weight = 1.0 / len(batches)
+        # NoDetector keeps every entry, which keep_at_least_one leaves as it is and from which the
+        # removal statistics follow without scanning the mask.
+        keeps_all = type(self.detector) is NoDetector
         for batch in batches:
-            keep = keep_at_least_one(self.detector(batch, ctx), batch)
+            keep = self.detector(batch, ctx)
+            if not keeps_all:
+                keep = keep_at_least_one(keep, batch)
             if ctx.training:
-                self.stats.update(batch, keep)
+                self.stats.update(batch, keep, keeps_all=keeps_all)
                 if self.removed_pairs is not None:
                     self.removed_pairs.update(batch, keep, ctx.epoch)
                 if self.text_agreement is not None:
