@@ -2,6 +2,8 @@
 
 * :mod:`~debiascl.checkpoint.files`: the files of ``<run_dir>/checkpoints`` (atomic save, keep
   last k and best, resolve ``latest``/``best``/a path, read with the fingerprint check);
+* :mod:`~debiascl.checkpoint.shards`: per-rank files of sharded per-sample tables, listed by
+  the checkpoint they belong to;
 * :mod:`~debiascl.checkpoint.rng`: RNG states stored as tensors;
 * :mod:`~debiascl.checkpoint.legacy`: layouts of older checkpoints (the logit scale that moved
   from the model to the loss).

@@ -14,6 +14,8 @@ Files in ``<run_dir>/checkpoints``:
   ``checkpoint.keep_last`` are kept.
 * ``best.pt`` -- the end-of-epoch checkpoint with the lowest mean training loss so far (a hard
   link to, or copy of, that periodic file, so pruning never removes it).
+* ``<stem>.<token>.rank<r>of<W>.shard`` -- the rows of sharded per-sample tables, one file per
+  rank, listed by the checkpoint ``<stem>.pt`` (:mod:`debiascl.checkpoint.shards`).
 
 Checkpoints hold only tensors and plain containers and are read with ``weights_only=True``: a
 checkpoint file cannot run code when loaded.
@@ -32,6 +34,7 @@ import torch
 
 from debiascl.atomic import atomic_write
 from debiascl.checkpoint.legacy import SCALE_CHANGE
+from debiascl.checkpoint.shards import prune_shards, shard_files_of
 from debiascl.errors import CheckpointError
 
 logger = logging.getLogger("debiascl.checkpoint")
@@ -70,22 +73,37 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def save_checkpoint(
-    state: dict[str, Any], directory: Path, name: str, keep_last: int, is_best: bool = False
+    state: dict[str, Any],
+    directory: Path,
+    name: str,
+    keep_last: int,
+    is_best: bool = False,
+    shard_token: str | None = None,
 ) -> Path:
     """Write ``state`` atomically as ``directory/name``, update ``best.pt``, prune old ones.
 
     Pruning runs only after the new file is complete and renamed, so at every instant at least
     one complete checkpoint exists. A failed write (disk full) raises
     :class:`~debiascl.errors.TrainingError` and leaves every existing checkpoint untouched.
+
+    ``shard_token``: the save whose table shard files (:mod:`~debiascl.checkpoint.shards`,
+    already complete) belong to this checkpoint; ``best.pt`` gets links to them first, and
+    shard files no checkpoint refers to any more are deleted.
     """
     directory = Path(directory)
     path = directory / name
     atomic_write(path, lambda fh: torch.save(state, fh))
+    stem = Path(name).stem
+    best_stem = Path(BEST_NAME).stem
     if is_best:
+        for shard in shard_files_of(directory, stem, shard_token or ""):
+            _link_or_copy(shard, directory / f"{best_stem}{shard.name[len(stem) :]}")
         _link_or_copy(path, directory / BEST_NAME)
     for old in list_checkpoints(directory)[:-keep_last]:
         if old != path:
             old.unlink(missing_ok=True)
+    live = {stem: shard_token, **({best_stem: shard_token} if is_best else {})}
+    prune_shards(directory, live)
     return path
 
 

@@ -52,13 +52,13 @@ def _hash(value: Any) -> str:
 def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     """One short hash per config part a resumed run must share with the saved one.
 
-    Training length (``train.epochs``, ``max_steps``), logging, evaluation, worker counts and
-    the bad-image policy may change between a run and its resume; the model, data (every key of
-    :func:`data_fingerprint`, the run seed included), loss, detector, adversary, optimiser
-    settings, global batch size and number of training samples may not (their state would not
-    fit, the sample ids would name other samples, or -- for ``optim.*``, whose values the
-    optimiser and scheduler states restore -- a change would be silently ignored). Each data key
-    is its own part, so a refused resume names it.
+    Training length (``train.epochs``, ``max_steps``), logging, evaluation, worker counts,
+    ``table_sharding`` and the bad-image policy may change between a run and its resume; the
+    model, data (every key of :func:`data_fingerprint`, the run seed included), loss, detector,
+    adversary, optimiser settings, global batch size and number of training samples may not
+    (their state would not fit, the sample ids would name other samples, or -- for ``optim.*``,
+    whose values the optimiser and scheduler states restore -- a change would be silently
+    ignored). Each data key is its own part, so a refused resume names it.
     """
 
     # exclude_defaults: a field added in a later version (with its default) leaves old
@@ -69,8 +69,10 @@ def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
     parts: dict[str, Any] = {
         "model": dump(cfg.model),
         **data_fingerprint(cfg),
-        "loss": dump(cfg.loss),
-        "negatives": dump(cfg.negatives, {"reset_on_resume"}),
+        # table_sharding only changes where the rows live (sharded tables are bit-equal to
+        # replicated ones; a resume re-shards them), so a resume may switch it.
+        "loss": dump(cfg.loss, {"table_sharding"}),
+        "negatives": dump(cfg.negatives, {"reset_on_resume", "table_sharding"}),
         "fairness": dump(cfg.fairness),  # the audit settings are in eval.fairness_audit
         "optim": dump(cfg.optim),
         "batch_size": cfg.train.batch_size,

@@ -197,7 +197,7 @@ class GloFNDDetector(ScheduledDetector):
     def _check_converged(self, epoch: int) -> None:
         """At an epoch's first step: compare the mean thresholds with the previous epoch's.
 
-        Tables are identical on every rank, so every rank takes the same decision."""
+        Every rank sees the whole tables (sharded ones gathered), so all take the same decision."""
         assert self.start_state is not None
         diag = self.diagnostics()
         means = [diag.get(f"lambda/{n}/mean", float("nan")) for n in self.tables]
@@ -263,11 +263,12 @@ class GloFNDDetector(ScheduledDetector):
         """Distribution of the learned thresholds over visited samples (per direction).
 
         O(N) once per call (meant per epoch); quantiles use an evenly strided subsample of at
-        most ``max_points`` visited samples. Tables are identical on every rank, so no collective.
+        most ``max_points`` visited samples. Replicated tables are identical on every rank; a
+        sharded table is gathered (a collective: every rank calls this at the same point).
         """
         out: dict[str, float] = {}
         for name, table in self.tables.items():
-            data = table.data
+            data = table.all_rows()
             visited = data[:, 3] > 0
             lam = data[:, 0][visited]
             prefix = f"lambda/{name}"

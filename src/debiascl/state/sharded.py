@@ -19,14 +19,15 @@ difference is that :meth:`ShardedSampleTable.read` is a collective too:
 Per-step cost and communication are O(global batch x C), independent of N. Every rank must call
 ``read`` and ``write`` at the same points with the same number of ids.
 
-Checkpoints: ``state_dict`` holds this rank's shard (each rank saves its own, or call
-:meth:`ShardedSampleTable.full_table` on every rank and save the result on one); loading accepts
-this rank's shard or a full (N, C) table (e.g. from a replicated run), from which it takes its
-own rows.
+Checkpoints: ``state_dict`` holds this rank's shard. The trainer writes one shard file per rank
+next to the checkpoint (:mod:`debiascl.train.table_shards`); loading accepts this rank's shard
+or a full (N, C) table (e.g. from a replicated run), from which it takes its own rows, and
+:func:`copy_owned_rows` re-shards the rows of another world size.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -38,6 +39,30 @@ from debiascl.errors import CheckpointError, ConfigError
 from debiascl.state.tables import Placement, SampleTable
 
 Sharding = Literal["replicated", "sharded"]
+
+
+def copy_owned_rows(
+    part: torch.Tensor, part_rank: int, part_world: int, out: torch.Tensor, rank: int, world: int
+) -> None:
+    """Copy into ``out`` the rows of ``part`` that rank ``rank`` of ``world`` stores.
+
+    Args:
+        part: (rows, C) rows of the ids ``part_rank, part_rank + part_world, ...`` (a shard of
+            a table sharded over ``part_world`` ranks; ``part_world = 1``: the full table).
+        out: (ceil((N - rank) / world), C) rows of the ids ``rank, rank + world, ...``, filled
+            in place (``world = 1``: the full table).
+    """
+    ids = torch.arange(part.shape[0], dtype=torch.int64) * part_world + part_rank
+    mine = ids % world == rank
+    local = ids[mine] // world
+    out.index_copy_(0, local.to(out.device), part[mine].to(out.device, out.dtype))
+
+
+def shard_sources(rank: int, world: int, part_world: int) -> list[int]:
+    """Ranks of a ``part_world``-way sharding that hold some id rank ``rank`` of ``world`` owns
+    (ids ``i = rank mod world`` and ``i = r mod part_world`` exist iff gcd divides the gap)."""
+    g = math.gcd(world, part_world)
+    return [r for r in range(part_world) if (r - rank) % g == 0]
 
 
 def make_table(
@@ -181,6 +206,10 @@ class ShardedSampleTable(SampleTable):
         for r, part in enumerate(parts):
             full[r :: self.world_size] = part[: self.owned_count(r)].cpu()
         return full.to(self.data.device)
+
+    def all_rows(self) -> torch.Tensor:
+        """:meth:`full_table` (collective; O(N) memory on every rank while it is used)."""
+        return self.full_table()
 
     # -------------------------------------------------------------- persistence
     def get_extra_state(self) -> dict[str, Any]:

@@ -19,8 +19,9 @@ import torch
 from debiascl import __version__
 from debiascl import distributed as dist_utils
 from debiascl.checkpoint.legacy import split_logit_scale
-from debiascl.errors import CheckpointError, TrainingError
+from debiascl.errors import CheckpointError
 from debiascl.train import checkpoint as ckpt
+from debiascl.train import table_shards
 
 
 @dataclass
@@ -155,31 +156,21 @@ class CheckpointMixin:
             self.train_loader.generator.set_state(self._loader_rng)
 
     def save(self, is_best: bool = False) -> Path | None:
-        """Checkpoint the current step boundary (rank 0 writes; every rank learns of failure)."""
-        path = None
-        error: TrainingError | None = None
-        detection = self._stats_state()  # every rank's sums (gathered on every rank)
-        if self.is_main:
-            try:
-                path = ckpt.save_checkpoint(
-                    self.state_dict(detection),
-                    self.run_dir / "checkpoints",
-                    ckpt.checkpoint_name(self.state.epoch, self.state.step),
-                    self.cfg.checkpoint.keep_last,
-                    is_best=is_best and self.cfg.checkpoint.keep_best,
-                )
-            except TrainingError as err:
-                error = err
-        if dist_utils.is_distributed():
-            failed = torch.tensor(float(error is not None), device=self.device)
-            import torch.distributed as dist
+        """Checkpoint the current step boundary (rank 0 writes; every rank learns of failure).
 
-            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
-            if failed.item() > 0 and error is None:
-                error = TrainingError("rank 0 could not write a checkpoint; see its message")
-        dist_utils.barrier()
-        if error is not None:
-            raise error
+        Sharded tables: every rank first writes its rows as a shard file beside the checkpoint
+        (:mod:`debiascl.train.table_shards`).
+        """
+        detection = self._stats_state()  # every rank's sums (gathered on every rank)
+        path = table_shards.save_with_shards(
+            self.objective,
+            self.run_dir / "checkpoints",
+            ckpt.checkpoint_name(self.state.epoch, self.state.step),
+            lambda: self.state_dict(detection),
+            self.cfg.checkpoint.keep_last,
+            is_best and self.cfg.checkpoint.keep_best,
+            self.device,
+        )
         self.last_checkpoint = path
         self._saved_at = (self.state.epoch, self.state.step, self.state.batch)
         return path
@@ -188,7 +179,7 @@ class CheckpointMixin:
         path, state = ckpt.load_for_resume(
             resume, self.run_dir, self.fingerprint, self.fingerprint_parts
         )
-        self.load_state_dict(state)
+        self.load_state_dict(table_shards.complete_state(state, path, self.objective))
         self.last_checkpoint = path
         self._saved_at = (self.state.epoch, self.state.step, self.state.batch)
         return path
