@@ -32,10 +32,12 @@ def test_training_settings_change_it_and_evaluation_settings_do_not() -> None:
         "eval.knn_k=5",
         "data.test_size=100",
         "eval.fairness_audit.bootstrap=0",
-        "negatives.reset_on_resume=true",
         "data.num_workers=2",
     ):
         assert fp(free) == base, free
+    glofnd = fp("negatives.name=glofnd")
+    assert fp("negatives.name=glofnd", "negatives.glofnd.reset_on_resume=true") == glofnd
+    assert fp("negatives.name=glofnd", "negatives.glofnd.lr=0.01") != glofnd
 
 
 def test_parts_name_the_section_that_differs() -> None:

@@ -13,11 +13,19 @@ import torch
 from debiascl.compose import build_objective, detector_options, loss_options, run_facts
 from debiascl.config import load_config
 from debiascl.config.schema import LossConfig, ModelConfig, NegativesConfig
+from debiascl.config.sections.methods import _signature_model
+from debiascl.config.sections.negatives import COMPOSE_SETTINGS
 from debiascl.data.info import DatasetInfo
 from debiascl.models.build import create_model
 from debiascl.registry import DETECTORS, LOSSES, Registry
 
 RENAMED = {"table_placement": "placement", "table_sharding": "sharding"}
+#: constructor arguments the config deliberately does not offer: SogCLR's ``relative`` (the
+#: anchor-relative variant, chosen by code), and DCL's ``beta`` (must be 0; HCL's hardness)
+UNSET = {"sogclr": {"relative"}, "dcl": {"beta"}}
+#: config defaults that differ from the constructor's on purpose: text_sim's init is ``one``
+#: through the config (as in every saved run) and ``batch_quantile`` when built directly
+DEFAULTS = {("text_sim", "init")}
 
 
 def _parameters(registry: Registry) -> set[str]:
@@ -42,6 +50,30 @@ def test_every_setting_reaches_a_registered_component(key, section, registry) ->
     assert not wanted - _parameters(registry)
 
 
+@pytest.mark.parametrize(
+    ("section", "registry"), [(LossConfig, LOSSES), (NegativesConfig, DETECTORS)]
+)
+def test_each_typed_method_model_is_its_registered_constructor(section, registry) -> None:
+    # a method's own settings are exactly the constructor arguments its entry names that are
+    # neither shared section keys nor run facts (plus what compose reads for it): a setting
+    # the component ignores, or an argument the config cannot set, fails here
+    assert set(section.TYPED_SETTINGS) <= set(registry.names())  # (toys may be registered too)
+    for name, model in section.TYPED_SETTINGS.items():
+        derived = set(
+            _signature_model(section.KIND, name, frozenset(section.model_fields)).model_fields
+        )
+        compose_only = COMPOSE_SETTINGS.get(name, frozenset())
+        if name == "none":  # NoDetector takes (and ignores) anything
+            derived = set()
+        assert set(model.model_fields) - compose_only == derived - UNSET.get(name, set()), name
+        for field in set(model.model_fields) - compose_only:
+            default = inspect.signature(registry.get(name)).parameters[field].default
+            assert model.model_fields[field].default == default or (name, field) in DEFAULTS, (
+                name,
+                field,
+            )
+
+
 def test_every_model_setting_reaches_the_model() -> None:
     assert not set(ModelConfig.model_fields) - set(inspect.signature(create_model).parameters)
 
@@ -51,8 +83,10 @@ def test_the_detector_never_sees_the_loss_section() -> None:
     info = DatasetInfo(num_samples=10)
     offered = set(detector_options(cfg, info))
     own = {RENAMED.get(k, k) for k in NegativesConfig.model_fields} - {"name"}
+    own |= set(cfg.negatives.settings)  # negatives.glofnd
     assert offered == own | set(run_facts(cfg, info))
     loss_only = {RENAMED.get(k, k) for k in LossConfig.model_fields} - own - {"directions", "name"}
+    loss_only |= set(cfg.loss.settings)  # loss.sogclr
     assert loss_only <= set(loss_options(cfg, info)) and not loss_only & offered
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.distributed
 MODES = {"image_image": "digits_simclr", "image_text": "digits_clip"}
 DETECTORS = ("none", "glofnd")
 #: Settings a loss needs on the digits data (no masked LM is installed for SSD's default eta).
-NEEDS = {"ssd": ["loss.eta_source=class_frequency"]}
+NEEDS = {"ssd": ["loss.ssd.eta_source=class_frequency"]}
 
 
 def _combos() -> list[tuple[str, str, str]]:
@@ -54,7 +54,8 @@ def _train_matrix(rank: int, world: int, root: str, a: torch.Tensor, b: torch.Te
     for loss, mode, detector in _combos():
         overrides = [
             "train.device=cpu", "train.batch_size=32", "train.max_steps=2", "train.log_every=1",
-            f"loss.name={loss}", f"negatives.name={detector}", "negatives.init=batch_quantile",
+            f"loss.name={loss}", f"negatives.name={detector}",
+            *(["negatives.glofnd.init=batch_quantile"] if detector == "glofnd" else []),
             f"loss.learn_temperature={'true' if loss == 'infonce' else 'false'}",
             "data.num_workers=0", *NEEDS.get(loss, []),
         ]  # fmt: skip

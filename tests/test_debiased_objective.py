@@ -139,8 +139,8 @@ def test_bad_eta_inputs():
     small = DebiasedLoss(torch.tensor([0.1, 0.1]))
     with pytest.raises(DataError, match="no entry in the eta table"):
         small(batch, keep, torch.tensor(2.0), StepContext())
-    with pytest.raises(ConfigError, match=r"loss\.eta"):
-        load_config(None, ["loss.name=dcl", "loss.eta=1.0"])
+    with pytest.raises(ConfigError, match=r"loss\.dcl\.eta"):
+        load_config(None, ["loss.name=dcl", "loss.dcl.eta=1.0"])
 
 
 def test_registered():
@@ -157,7 +157,8 @@ def test_build_objective_dcl_hcl_simclr():
     z1, z2 = _views()
     ids = torch.arange(8) + 4
     for name, beta in (("dcl", 0.0), ("hcl", 1.0)):
-        cfg = _cfg(f"loss.name={name}", "loss.eta=0.1", f"loss.beta={beta}")
+        hardness = [f"loss.{name}.beta={beta}"] if name == "hcl" else []  # dcl has no beta
+        cfg = _cfg(f"loss.name={name}", f"loss.{name}.eta=0.1", *hardness)
         obj = build_objective(cfg, info)
         assert isinstance(obj.loss_fn, DebiasedLoss) and obj.loss_fn.beta == beta
         out = obj(z1.float().requires_grad_(True), z2.float(), ids, logit_scale=5.0)
@@ -168,26 +169,26 @@ def test_build_objective_dcl_hcl_simclr():
 
 def test_build_errors():
     info = DatasetInfo(num_samples=8)
-    with pytest.raises(ConfigError, match="hcl"):
-        build_objective(_cfg("loss.name=dcl", "loss.beta=1.0"), info)
+    with pytest.raises(ConfigError, match=r"unknown key 'loss\.dcl\.beta'.*beta is read by .*hcl"):
+        build_objective(_cfg("loss.name=dcl", "loss.dcl.beta=1.0"), info)
     with pytest.raises(ConfigError, match="per-sample eta"):
-        build_objective(_cfg("loss.name=ssd", "loss.eta_source=constant"), info)
+        build_objective(_cfg("loss.name=ssd", "loss.ssd.eta_source=constant"), info)
     with pytest.raises(ConfigError, match="mlm_path"):
         build_objective(
             _cfg("loss.name=ssd", "data.mode=image_text"), DatasetInfo(8, texts=["a"] * 8)
         )
     with pytest.raises(ConfigError, match="no texts"):
-        build_objective(_cfg("loss.name=ssd", "loss.eta_source=corpus_lm"), info)
+        build_objective(_cfg("loss.name=ssd", "loss.ssd.eta_source=corpus_lm"), info)
     with pytest.raises(ConfigError, match="needs labels"):
-        build_objective(_cfg("loss.name=dcl", "loss.eta_source=class_frequency"), info)
+        build_objective(_cfg("loss.name=dcl", "loss.dcl.eta_source=class_frequency"), info)
     with pytest.raises(ConfigError, match="image_text data only"):
-        build_objective(_cfg("loss.name=dcl", "loss.eta_directions=text_to_image"), info)
+        build_objective(_cfg("loss.name=dcl", "loss.dcl.eta_directions=text_to_image"), info)
 
 
 def test_build_objective_dcl_class_frequency_simclr():
     labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
     info = DatasetInfo(num_samples=10, labels=labels)
-    obj = build_objective(_cfg("loss.name=dcl", "loss.eta_source=class_frequency"), info)
+    obj = build_objective(_cfg("loss.name=dcl", "loss.dcl.eta_source=class_frequency"), info)
     expected = torch.tensor([0.3, 0.3, 0.3, 0.2, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5])
     torch.testing.assert_close(obj.loss_fn.eta_table, expected)
 
@@ -207,7 +208,7 @@ CAPTIONS = [
 def test_build_objective_ssd_corpus_lm_image_text(tmp_path):
     info = DatasetInfo(num_samples=9, texts=[*CAPTIONS, None])
     cfg = _cfg(
-        "loss.name=ssd", "loss.eta_source=corpus_lm", "data.mode=image_text", tmp_path=tmp_path
+        "loss.name=ssd", "loss.ssd.eta_source=corpus_lm", "data.mode=image_text", tmp_path=tmp_path
     )
     obj = build_objective(cfg, info)
     table = obj.loss_fn.eta_table
@@ -230,7 +231,7 @@ def test_build_objective_ssd_corpus_lm_image_text(tmp_path):
     # one direction only
     cfg1 = _cfg(
         "loss.name=ssd",
-        "loss.eta_source=corpus_lm",
+        "loss.ssd.eta_source=corpus_lm",
         "data.mode=image_text",
         "loss.directions=text_to_image",
         tmp_path=tmp_path,

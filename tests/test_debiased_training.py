@@ -27,10 +27,11 @@ from debiascl.train.trainer import Trainer
 
 CASES = [
     # (config, overrides, expects a per-sample table, expects text statistics)
-    ("digits_simclr", ["loss.name=dcl", "loss.eta=0.1"], False, False),
-    ("digits_simclr", ["loss.name=hcl", "loss.eta=0.1", "loss.beta=1.0"], False, False),
-    ("digits_simclr", ["loss.name=dcl", "loss.eta_source=class_frequency"], True, False),
-    ("digits_clip", ["loss.name=ssd", "loss.eta_source=corpus_lm", "data.caption_templates=skewed"],
+    ("digits_simclr", ["loss.name=dcl", "loss.dcl.eta=0.1"], False, False),
+    ("digits_simclr", ["loss.name=hcl", "loss.hcl.eta=0.1", "loss.hcl.beta=1.0"], False, False),
+    ("digits_simclr", ["loss.name=dcl", "loss.dcl.eta_source=class_frequency"], True, False),
+    ("digits_clip",
+     ["loss.name=ssd", "loss.ssd.eta_source=corpus_lm", "data.caption_templates=skewed"],
      True, True),
 ]  # fmt: skip
 

@@ -32,18 +32,21 @@ def _objective_state(run: Path) -> dict:
             "digits_clip",
             [
                 "negatives.name=text_sim",
-                "negatives.text_rule=glofnd",
+                "negatives.text_sim.text_rule=glofnd",
                 "negatives.alpha=0.1",
                 "negatives.text_encoder=tfidf",
             ],
         ),
-        ("digits_clip", ["negatives.name=stable_glofnd", "negatives.init=batch_quantile"]),
+        (
+            "digits_clip",
+            ["negatives.name=stable_glofnd", "negatives.stable_glofnd.init=batch_quantile"],
+        ),
         (
             "digits_simclr",
             [
                 "negatives.name=stable_glofnd",
-                "negatives.reference=initial",
-                "negatives.init=batch_quantile",
+                "negatives.stable_glofnd.reference=initial",
+                "negatives.stable_glofnd.init=batch_quantile",
                 "negatives.alpha=0.1",
             ],
         ),
@@ -51,10 +54,10 @@ def _objective_state(run: Path) -> dict:
             "digits_clip",
             [
                 "negatives.name=eta_glofnd",
-                "negatives.init=batch_quantile",
+                "negatives.eta_glofnd.init=batch_quantile",
                 "loss.name=ssd",
-                "loss.eta_source=corpus_lm",
-                "negatives.alpha_scale=2",
+                "loss.ssd.eta_source=corpus_lm",
+                "negatives.eta_glofnd.alpha_scale=2",
             ],
         ),
     ],
@@ -62,14 +65,17 @@ def _objective_state(run: Path) -> dict:
 )
 def test_two_step_run_trains_and_removes_negatives(tmp_path, config, overrides):
     run = tmp_path / "run"
-    extra = [f"loss.eta_cache_dir={tmp_path}"] if "loss.name=ssd" in overrides else []
+    extra = [f"loss.ssd.eta_cache_dir={tmp_path}"] if "loss.name=ssd" in overrides else []
     args = ["train", config, "--run-dir", str(run), *TWO_STEPS, *overrides, *extra]
     args += ["negatives.text_diagnostics=true"] if config == "digits_clip" else []
     assert main(args) == 0
     record = _last_record(run)
     assert record["step"] == 2 and math.isfinite(record["loss"])
     assert record["negatives/removed_fraction"] > 0
-    if "negatives.name=text_sim" in overrides and "negatives.text_rule=glofnd" not in overrides:
+    if (
+        "negatives.name=text_sim" in overrides
+        and "negatives.text_sim.text_rule=glofnd" not in overrides
+    ):
         # the fixed rule removes exactly the text-agreeing pairs: both diagnostics are 1
         assert record["negatives/text_agreement"] == 1.0
         assert record["negatives/text_recall"] == 1.0
@@ -91,7 +97,7 @@ def test_converged_start_rule_runs_through_the_config(tmp_path):
         "negatives.start_rule=converged",
         "negatives.update_start_epoch=0",
         "negatives.start_epoch=1",
-        "negatives.init=batch_quantile",
+        "negatives.glofnd.init=batch_quantile",
     ]
     assert main(args) == 0
     # epoch 1 only sets the reference mean: nothing is removed yet in two epochs

@@ -90,7 +90,7 @@ def test_one_owner_per_call() -> None:
 def test_learned_temperature_only_where_the_loss_supports_it(name: str) -> None:
     overrides = ["loss.learn_temperature=true", f"loss.name={name}", "loss.temperature=0.1"]
     if name == "ssd":
-        overrides.append("loss.eta_source=class_frequency")
+        overrides.append("loss.ssd.eta_source=class_frequency")
     cfg = load_config("digits_simclr", overrides)
     info = DatasetInfo(num_samples=20, labels=torch.arange(20) % 4)
     loss_cls = type(build_loss(load_config("digits_simclr", overrides[1:]), info))

@@ -97,7 +97,7 @@ def test_every_registered_loss_is_finite_on_half_zero_rows(zero_row_pair, mode, 
             cfg = RunConfig(output_dir=str(tmp_path))
             cfg.data.mode, cfg.loss.name = mode, loss
             if loss == "ssd":
-                cfg.loss.eta_source = "class_frequency"
+                cfg.loss.ssd = {"eta_source": "class_frequency"}
             out = build_objective(cfg, info)(a, b, torch.arange(8), labels=labels)
             values.append(out.value)
         assert torch.isfinite(values[0]), loss

@@ -156,7 +156,7 @@ METHODS = {
         "loss.learn_temperature=false",
         "loss.temperature=0.1",
         "negatives.name=glofnd",
-        "negatives.init=batch_quantile",
+        "negatives.glofnd.init=batch_quantile",
         "negatives.alpha=0.2",
     ],
     "infonce+fairness": ["loss.learn_temperature=false", "loss.temperature=0.1"],

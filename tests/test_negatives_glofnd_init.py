@@ -196,8 +196,8 @@ def test_binomial_moments_need_batch_quantile_and_adam(kwargs):
 
 
 def test_config_passes_moment_init_to_the_detector():
-    cfg = load_config("fmnist_clip_glofnd", ["negatives.moment_init=zero"])
+    cfg = load_config("fmnist_clip_glofnd", ["negatives.glofnd.moment_init=zero"])
     det = build_detector(cfg, DatasetInfo(num_samples=10))
     assert det.moment_init == "zero"
-    cfg = load_config("fmnist_clip_glofnd", ["negatives.moment_init=binomial"])
+    cfg = load_config("fmnist_clip_glofnd", ["negatives.glofnd.moment_init=binomial"])
     assert build_detector(cfg, DatasetInfo(num_samples=10)).moment_init == "binomial"

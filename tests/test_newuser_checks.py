@@ -40,12 +40,12 @@ def test_ssd_without_a_masked_lm_names_an_override_that_works(capsys, tmp_path):
     argv = ["train", "digits_clip", "--run-dir", str(tmp_path / "run"), "loss.name=ssd", *SMALL]
     code, _, err = cli(capsys, argv)
     assert code == 2
-    line = one_line_error(err, "loss.mlm_path")
+    line = one_line_error(err, "loss.ssd.mlm_path")
     suggested = [w for w in line.split() if "eta_source=" in w]
     assert suggested, line
     # the suggested spelling is an override the config accepts
     cfg = load_config("digits_clip", ["loss.name=ssd", suggested[0].rstrip(".,;")])
-    assert cfg.loss.eta_source == "corpus_lm"
+    assert cfg.loss.settings["eta_source"] == "corpus_lm"
 
 
 def _finished_run(root: Path, seed: int, lr: float, lp: float, loss: str = "infonce") -> Path:

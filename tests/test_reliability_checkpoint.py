@@ -125,6 +125,7 @@ def test_fingerprint_mismatch_is_never_skipped_by_latest(tmp_path):
 
 # ------------------------------------------------------------------ fingerprints
 DIGITS = ("digits_simclr", ())
+GLOFND = ("digits_simclr", ("negatives.name=glofnd",))
 MANIFEST = ("digits_simclr", ("data.dataset=manifest", "data.manifest=m.csv"))
 FMNIST = ("fmnist_simclr", ())
 
@@ -145,7 +146,8 @@ FMNIST = ("fmnist_simclr", ())
         ("data.on_bad_image=skip", False, MANIFEST),
         ("eval.knn_k=5", False, DIGITS),
         ("checkpoint.keep_last=9", False, DIGITS),
-        ("negatives.reset_on_resume=true", False, DIGITS),
+        ("negatives.glofnd.reset_on_resume=true", False, GLOFND),
+        ("negatives.glofnd.lr=0.01", True, GLOFND),
         ("seed=1", True, DIGITS),  # picks the training subset and every epoch's order
         ("data.subset_seed=4", True, DIGITS),
         ("data.label_column=y", True, MANIFEST),

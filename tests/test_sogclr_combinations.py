@@ -30,10 +30,11 @@ def test_combination_runs(mode, loss, detector, tmp_path):
     cfg.loss.name = loss
     cfg.negatives.name = detector
     cfg.negatives.alpha = 0.2
-    cfg.negatives.init = "batch_quantile"
+    if "init" in cfg.negatives.settings_model(detector).model_fields:
+        setattr(cfg.negatives, detector, {"init": "batch_quantile"})
     cfg.negatives.text_encoder = "tfidf"  # text_sim: frozen text evidence without weights
     if loss == "ssd":
-        cfg.loss.eta_source = "class_frequency"  # the only per-sample eta needing no model
+        cfg.loss.ssd = {"eta_source": "class_frequency"}  # the only per-sample eta needing no model
     labels_all = torch.arange(N) % 4
     info = DatasetInfo(
         num_samples=N,

@@ -37,7 +37,7 @@ def test_torchrun_two_processes_train_with_glofnd(tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     torchrun_train(
         "digits_simclr", run, "train.epochs=2", "train.batch_size=128", "loss.name=sogclr",
-        "negatives.name=glofnd", "negatives.init=batch_quantile",
+        "negatives.name=glofnd", "negatives.glofnd.init=batch_quantile",
     )  # fmt: skip
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]  # written once, by rank 0

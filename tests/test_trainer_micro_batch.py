@@ -28,14 +28,14 @@ METHODS = {
         "loss.name=sogclr",
         "negatives.name=glofnd",
         "negatives.alpha=0.1",
-        "negatives.init=batch_quantile",
+        "negatives.glofnd.init=batch_quantile",
     ],
     # the stable (EMA) reference embeddings are computed micro-batch by micro-batch too
     "sogclr+stable_glofnd": [
         "loss.name=sogclr",
         "negatives.name=stable_glofnd",
         "negatives.alpha=0.1",
-        "negatives.init=batch_quantile",
+        "negatives.stable_glofnd.init=batch_quantile",
     ],
 }
 B = 32

@@ -52,7 +52,7 @@ def _fixed_batch_loss(trainer: Trainer, batch: dict) -> float:
                 "loss.name=sogclr",
                 "negatives.name=glofnd",
                 "negatives.alpha=0.05",
-                "negatives.init=batch_quantile",
+                "negatives.glofnd.init=batch_quantile",
             ],
         ),
         ("digits_simclr", ["negatives.name=fnc", "negatives.alpha=0.05"]),
@@ -141,8 +141,8 @@ def test_ssd_run_writes_its_eta_summary(tmp_path: Path) -> None:
         "--no-eval",
         "train.epochs=1",
         "loss.name=ssd",
-        "loss.eta_source=corpus_lm",
-        f"loss.eta_cache_dir={tmp_path}",
+        "loss.ssd.eta_source=corpus_lm",
+        f"loss.ssd.eta_cache_dir={tmp_path}",
     ]
     assert main(args) == 0
     summary = json.loads((run / "eta_summary.json").read_text())

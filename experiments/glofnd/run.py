@@ -37,13 +37,21 @@ from typing import Any
 from debiascl.report import mean_std, metric_at
 
 # the study's first GloFND settings: zero Adam moments, beta1 0.9
-ZERO = ["negatives.moment_init=zero", "negatives.beta1=0.9", "negatives.lr=0.05"]
-WARM = ["negatives.moment_init=binomial"]
+ZERO = [
+    "negatives.glofnd.moment_init=zero",
+    "negatives.glofnd.beta1=0.9",
+    "negatives.glofnd.lr=0.05",
+]
+WARM = ["negatives.glofnd.moment_init=binomial"]
 
 # study -> [(method label, config, extra overrides)]
 STUDIES: dict[str, list[tuple[str, str, list[str]]]] = {
     "image": [
-        ("none", "fmnist_simclr_glofnd", ["negatives.name=none", "name=fmnist_simclr_none"]),
+        (
+            "none",
+            "fmnist_simclr_glofnd",
+            ["negatives.name=none", "negatives.glofnd=null", "name=fmnist_simclr_none"],
+        ),
         ("fnc", "fmnist_simclr_fnc", []),
         ("glofnd", "fmnist_simclr_glofnd", [*ZERO]),
         ("oracle", "fmnist_simclr_oracle", []),
@@ -56,10 +64,14 @@ STUDIES: dict[str, list[tuple[str, str, list[str]]]] = {
     ],
     # Ablation: Adam beta1 0.5 instead of 0.9. Each threshold is updated once per epoch, so with
     # beta1 0.9 its momentum averages over the whole short run and lags the moving quantile.
-    "image_beta1": [("glofnd", "fmnist_simclr_glofnd", [*ZERO, "negatives.beta1=0.5"])],
-    "text_beta1": [("glofnd", "fmnist_clip_glofnd", [*ZERO, "negatives.beta1=0.5"])],
+    "image_beta1": [("glofnd", "fmnist_simclr_glofnd", [*ZERO, "negatives.glofnd.beta1=0.5"])],
+    "text_beta1": [("glofnd", "fmnist_clip_glofnd", [*ZERO, "negatives.glofnd.beta1=0.5"])],
     "text": [
-        ("none", "fmnist_clip_glofnd", ["negatives.name=none", "name=fmnist_clip_none"]),
+        (
+            "none",
+            "fmnist_clip_glofnd",
+            ["negatives.name=none", "negatives.glofnd=null", "name=fmnist_clip_none"],
+        ),
         ("fnc", "fmnist_clip_fnc", []),
         ("glofnd", "fmnist_clip_glofnd", [*ZERO]),
     ],
@@ -70,7 +82,7 @@ STUDIES: dict[str, list[tuple[str, str, list[str]]]] = {
         (
             f"glofnd_b{b1}_lr{lr}",
             "fmnist_clip_glofnd",
-            [*WARM, f"negatives.beta1={b1}", f"negatives.lr={lr}"],
+            [*WARM, f"negatives.glofnd.beta1={b1}", f"negatives.glofnd.lr={lr}"],
         )
         for b1, lr in ((0.9, 0.05), (0.5, 0.05), (0.5, 0.02))
     ],

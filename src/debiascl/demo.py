@@ -35,7 +35,7 @@ DEMO_METHODS: list[tuple[str, str, list[str]]] = [
             "negatives.alpha=0.05",
             _START,
             "negatives.update_start_epoch=1",
-            "negatives.init=batch_quantile",
+            "negatives.glofnd.init=batch_quantile",
         ],
     ),
     ("Oracle (labels)", "oracle", [_START]),

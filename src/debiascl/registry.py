@@ -70,7 +70,7 @@ class Registry(Generic[T]):
     def build_with(self, name: str, options: Mapping[str, object]) -> T:
         """Build ``name`` passing the entries of ``options`` that its signature names.
 
-        Options it does not name are ignored (a flat config section serves several entries).
+        Options it does not name are ignored (a section's shared settings serve several entries).
 
         Raises:
             ConfigError: unknown ``name``, or a required parameter missing from ``options``.

@@ -71,8 +71,10 @@ def fingerprint_parts(cfg: RunConfig, num_samples: int) -> dict[str, str]:
         **data_fingerprint(cfg),
         # table_sharding only changes where the rows live (sharded tables are bit-equal to
         # replicated ones; a resume re-shards them), so a resume may switch it.
-        "loss": dump(cfg.loss, {"table_sharding"}),
-        "negatives": dump(cfg.negatives, {"reset_on_resume", "table_sharding"}),
+        # flat_settings: shared and own settings in one mapping, the spelling checkpoints were
+        # hashed with before the per-method subsections (negatives.glofnd.lr was negatives.lr)
+        "loss": cfg.loss.flat_settings({"table_sharding"}),
+        "negatives": cfg.negatives.flat_settings({"reset_on_resume", "table_sharding"}),
         "fairness": dump(cfg.fairness),  # the audit settings are in eval.fairness_audit
         "optim": dump(cfg.optim),
         "batch_size": cfg.train.batch_size,

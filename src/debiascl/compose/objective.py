@@ -10,6 +10,7 @@ from torch import nn
 
 from debiascl.compose.text_evidence import frozen_text_embeddings
 from debiascl.config.schema import RunConfig
+from debiascl.config.sections.methods import RENAMED, MethodSection
 from debiascl.data.info import DatasetInfo
 from debiascl.errors import ConfigError
 from debiascl.models.ema import ReferenceEncoder
@@ -27,9 +28,6 @@ _DIRECTIONS = {
     "image_to_text": ("image_to_text",),
     "text_to_image": ("text_to_image",),
 }
-
-#: Config keys whose component argument has another name (section key -> argument).
-_RENAMED = {"table_placement": "placement", "table_sharding": "sharding"}
 
 
 def run_directions(cfg: RunConfig) -> tuple[str, ...]:
@@ -49,21 +47,25 @@ def run_facts(cfg: RunConfig, info: DatasetInfo) -> dict[str, Any]:
     }
 
 
-def _section_options(section: Any) -> dict[str, Any]:
-    options = {_RENAMED.get(k, k): v for k, v in section.model_dump().items()}
-    options.pop("name", None)
-    return options
+def _section_options(section: MethodSection) -> dict[str, Any]:
+    """The section's shared keys (renamed like the component arguments) and the selected
+    method's own settings (its subsection, defaults filled in)."""
+    extra = set(section.model_extra or {})
+    shared = section.model_dump(exclude={"name", *extra})
+    return {**{RENAMED.get(k, k): v for k, v in shared.items()}, **section.settings}
 
 
 def loss_options(cfg: RunConfig, info: DatasetInfo) -> dict[str, Any]:
-    """Keyword arguments offered to the ``loss.name`` entry: the ``loss`` section and the run
-    facts (which take precedence: ``directions`` is the decoded tuple)."""
+    """Keyword arguments offered to the ``loss.name`` entry: the ``loss`` section's shared keys,
+    the ``loss.<name>`` settings and the run facts (which take precedence: ``directions`` is the
+    decoded tuple)."""
     return {**_section_options(cfg.loss), **run_facts(cfg, info)}
 
 
 def detector_options(cfg: RunConfig, info: DatasetInfo) -> dict[str, Any]:
-    """Keyword arguments offered to the ``negatives.name`` entry: the ``negatives`` section and
-    the run facts. The detector never sees the ``loss`` section."""
+    """Keyword arguments offered to the ``negatives.name`` entry: the ``negatives`` section's
+    shared keys, the ``negatives.<name>`` settings and the run facts. The detector never sees
+    the ``loss`` section."""
     return {**_section_options(cfg.negatives), **run_facts(cfg, info)}
 
 
@@ -121,7 +123,8 @@ def build_detector(
 
     A detector naming ``text_embeddings`` receives the frozen text table
     (``negatives.text_encoder``, computed here unless given); one naming ``eta`` receives the
-    per-sample eta table of ``loss`` (SSD, or DCL/HCL with a per-sample ``loss.eta_source``).
+    per-sample eta table of ``loss`` (SSD, or DCL/HCL with a per-sample
+    ``loss.<name>.eta_source``).
 
     Raises:
         ConfigError: an unknown name, a detector needing eta with a loss that has none, or
@@ -139,8 +142,8 @@ def build_detector(
         if eta is None:
             raise ConfigError(
                 f"negatives.name={name} takes its per-anchor alpha from a per-sample eta: use "
-                "loss.name=ssd, or dcl/hcl with loss.eta_source corpus_lm, ssd_mlm or "
-                "class_frequency"
+                "loss.name=ssd, or dcl/hcl with loss.dcl.eta_source (loss.hcl.eta_source) "
+                "corpus_lm, ssd_mlm or class_frequency"
             )
         options["eta"] = eta.detach().cpu()
     return DETECTORS.build_with(name, options)
@@ -149,12 +152,13 @@ def build_detector(
 def build_reference(
     cfg: RunConfig, objective: ContrastiveObjective, model: nn.Module
 ) -> ReferenceEncoder | None:
-    """The stable copy of ``model`` (``negatives.reference``, ``negatives.ema_decay``) when the
-    objective's detector needs one (``stable_glofnd``), attached to the objective as
+    """The stable copy of ``model`` (``negatives.stable_glofnd.reference`` and ``.ema_decay``)
+    when the objective's detector needs one (``stable_glofnd``), attached to the objective as
     ``reference_encoder`` so it travels in the objective's ``state_dict``; else None."""
     if not getattr(objective.detector, "needs_reference", False):
         return None
-    reference = ReferenceEncoder(model, cfg.negatives.reference, cfg.negatives.ema_decay)
+    own = cfg.negatives.settings
+    reference = ReferenceEncoder(model, own.get("reference", "ema"), own.get("ema_decay", 0.999))
     objective.reference_encoder = reference
     return reference
 

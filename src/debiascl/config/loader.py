@@ -102,6 +102,18 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
     return config_from_dict(apply_overrides(raw, overrides or []))
 
 
+def resolved_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as a mapping with every default filled in, the selected loss's and detector's
+    own settings included (``loss.<name>``, ``negatives.<name>``, when they have any)."""
+    out = cfg.model_dump(mode="json")
+    for key in ("loss", "negatives"):
+        section = getattr(cfg, key)
+        own = section.settings_model(section.name).model_validate(section.settings)
+        if type(own).model_fields:
+            out[key][section.name] = own.model_dump(mode="json")
+    return out
+
+
 def dump_config(cfg: RunConfig, path: Path) -> None:
     """Write the resolved config (every default filled in) as YAML."""
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    path.write_text(yaml.safe_dump(resolved_config(cfg), sort_keys=False))

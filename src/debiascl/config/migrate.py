@@ -10,6 +10,9 @@ spelling, with the same meaning, and logs one note per change:
   ``loss.temperature = 1 / logit_scale_init``, ``loss.learn_temperature`` and
   ``loss.max_logit_scale``; every other run trained at ``loss.temperature`` (fixed) and the
   model keys, unused, are dropped (evaluation now uses that trained scale).
+* the flat method settings of ``loss`` and ``negatives`` (``loss.gamma``, ``negatives.lr``,
+  ...): the selected method's subsection (``loss.sogclr.gamma``, ``negatives.glofnd.lr``); keys
+  the selected method never read are dropped (with a note when they were not at their default).
 * the flat ``fairness.*`` keys (``weight``, ``mean_gap_weight``, ``mean_gap_whiten``, ...):
   ``fairness.terms`` entries, ``fairness.view``, and the audit settings under
   ``eval.fairness_audit`` (see :mod:`debiascl.config.fairness_moves`).
@@ -29,7 +32,7 @@ import yaml
 
 from debiascl.config.fairness_moves import _DEFAULTS, OLD_FAIRNESS_KEYS, new_settings
 from debiascl.config.loader import apply_overrides, config_from_dict
-from debiascl.config.schema import RunConfig
+from debiascl.config.schema import LossConfig, NegativesConfig, RunConfig
 from debiascl.errors import ConfigError
 
 logger = logging.getLogger("debiascl.config")
@@ -84,6 +87,32 @@ def _migrate_logit_scale(raw: dict[str, Any], notes: list[str]) -> dict[str, Any
     return legacy
 
 
+def _migrate_method_keys(raw: dict[str, Any], notes: list[str]) -> None:
+    for cls in (LossConfig, NegativesConfig):
+        kind, node = cls.KIND, raw.get(cls.KIND)
+        if not isinstance(node, dict):
+            continue
+        defaults = {
+            k: f.default for m in cls.TYPED_SETTINGS.values() for k, f in m.model_fields.items()
+        }
+        old = {k: node.pop(k) for k in sorted(defaults) if k in node}
+        if not old:
+            continue
+        name = node.get("name", cls.model_fields["name"].default)
+        accepted = cls.settings_model(name).model_fields
+        change = f"a method's own settings moved under {kind}.<name> (issue 11)"
+        own = {k: v for k, v in old.items() if k in accepted}
+        if own:
+            target = _section(node, name)
+            for key, value in own.items():
+                _set(target, key, value, f"{kind}.{name}.{key}", change)
+            notes.append(f"{kind}.{{{', '.join(own)}}} -> {kind}.{name}.*")
+        unread = [k for k, v in old.items() if k not in accepted and v != defaults[k]]
+        if unread:
+            keys = ", ".join(f"{kind}.{k}" for k in unread)
+            notes.append(f"{keys} dropped: {kind}.name={name} never read them")
+
+
 def _migrate_fairness(raw: dict[str, Any], notes: list[str]) -> None:
     node = raw.get("fairness")
     if not isinstance(node, dict):
@@ -122,6 +151,7 @@ def migrate_run_config(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str], 
     raw = copy.deepcopy(raw)
     notes: list[str] = []
     legacy_model = _migrate_logit_scale(raw, notes)
+    _migrate_method_keys(raw, notes)
     _migrate_fairness(raw, notes)
     return raw, notes, legacy_model
 

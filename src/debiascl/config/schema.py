@@ -3,7 +3,9 @@
 Unknown keys are errors (``extra="forbid"``) and values are validated on load, so a typo in a YAML
 file or a ``key=value`` override fails before any work starts. The data, model, loss and
 negatives sections live in :mod:`debiascl.config.sections`; add fields with a one-line
-description, named like the component argument they feed (see :mod:`debiascl.compose`).
+description, named like the component argument they feed (see :mod:`debiascl.compose`). The
+``loss`` and ``negatives`` sections keep a method's own settings under its registered name
+(:mod:`debiascl.config.sections.methods`).
 """
 
 from __future__ import annotations

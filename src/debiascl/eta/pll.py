@@ -42,8 +42,8 @@ def load_masked_lm(path: str | Path, device: str | torch.device = "cpu") -> tupl
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
         raise ConfigError(
-            f"no masked language model at {folder} (config.json missing); set loss.mlm_path to a "
-            f"local folder saved with save_pretrained (model and tokenizer)"
+            f"no masked language model at {folder} (config.json missing); set "
+            "loss.<name>.mlm_path to a local folder saved with save_pretrained (model, tokenizer)"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -74,7 +74,10 @@ def class_frequency_eta(labels: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EtaSpec:
-    """What eta table to build (mirrors the DCL/HCL/SSD fields of ``LossConfig``)."""
+    """What eta table to build (mirrors the settings of ``loss.dcl``/``hcl``/``ssd``).
+
+    ``settings``: where these settings sit in a run config (named in error messages).
+    """
 
     source: str = "constant"
     eta: float = 0.1
@@ -88,13 +91,16 @@ class EtaSpec:
     cache_dir: str | Path | None = None
     cache_readonly: bool = False
     progress: bool = True
+    settings: str = "loss.ssd"
 
 
-def _texts_for(texts: Sequence[str | None] | None, num_samples: int, source: str) -> list[int]:
+def _texts_for(
+    texts: Sequence[str | None] | None, num_samples: int, source: str, settings: str
+) -> list[int]:
     if texts is None:
         raise ConfigError(
             f"eta source {source!r} scores each sample's text, but the dataset has no texts; use "
-            f"image-text data or loss.eta_source=constant/class_frequency"
+            f"image-text data or {settings}.eta_source=constant/class_frequency"
         )
     if len(texts) != num_samples:
         raise DataError(
@@ -111,13 +117,13 @@ def text_log_probs(spec: EtaSpec, texts: Sequence[str]) -> np.ndarray:
 
         if spec.mlm_path is None:
             raise ConfigError(
-                "eta source ssd_mlm needs loss.mlm_path, a local masked LM folder (e.g. CXR-BERT); "
-                "without one use loss.eta_source=corpus_lm"
+                f"eta source ssd_mlm needs {spec.settings}.mlm_path, a local masked LM folder "
+                f"(e.g. CXR-BERT); without one use {spec.settings}.eta_source=corpus_lm"
             )
         if not (Path(spec.mlm_path).expanduser() / "config.json").is_file():
             raise ConfigError(
                 f"no masked language model at {spec.mlm_path} (config.json missing); set "
-                f"loss.mlm_path to a local folder saved with save_pretrained"
+                f"{spec.settings}.mlm_path to a local folder saved with save_pretrained"
             )
         params = {**model_fingerprint(spec.mlm_path), "max_length": spec.mlm_max_length}
         cache = TextValueCache(spec.cache_dir, "mlm_pll", params)
@@ -187,7 +193,7 @@ def build_eta_table(
                 f"label (or -1) per id"
             )
         return class_frequency_eta(labels).float()
-    present = _texts_for(texts, num_samples, spec.source)
+    present = _texts_for(texts, num_samples, spec.source, spec.settings)
     assert texts is not None
     log_p = text_log_probs(spec, [str(texts[i]) for i in present])
     table = torch.full((num_samples,), float("nan"), dtype=torch.float64)

@@ -33,7 +33,7 @@ class StableGloFNDDetector(GloFNDDetector):
 
     Arguments as :class:`~debiascl.negatives.glofnd.GloFNDDetector`. The caller passes the
     stable embeddings to the objective (``objective(a, b, ids, reference=(a_ref, b_ref))``);
-    the built-in trainer does so with ``negatives.reference: ema`` or ``initial``.
+    the built-in trainer does so with ``negatives.stable_glofnd.reference: ema`` or ``initial``.
 
     Raises:
         DataError: a batch without reference similarities.
@@ -47,7 +47,8 @@ class StableGloFNDDetector(GloFNDDetector):
         if batch.reference_sim is None:
             raise DataError(
                 "stable_glofnd needs the stable embeddings: pass reference=(a_ref, b_ref) to the "
-                "objective (the trainer does it with negatives.reference: ema or initial)"
+                "objective (the trainer does it with negatives.stable_glofnd.reference: ema or "
+                "initial)"
             )
         return super().forward(dataclasses.replace(batch, sim=batch.reference_sim), ctx)
 

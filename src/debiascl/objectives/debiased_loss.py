@@ -241,19 +241,19 @@ def make_debiased(
     """
     if method == "dcl" and beta != 0:
         raise ConfigError(
-            f"loss.beta={beta} is HCL's hardness but loss.name=dcl; use loss.name=hcl or beta=0"
+            f"loss.dcl.beta={beta}: beta is HCL's hardness; use loss.name=hcl (loss.hcl.beta) or 0"
         )
     source = eta_source
     if source == "auto":
         source = "ssd_mlm" if method == "ssd" else "constant"
     if method == "ssd" and source == "constant":
         raise ConfigError(
-            "loss.name=ssd needs a per-sample eta; set loss.eta_source to ssd_mlm, corpus_lm or "
-            "class_frequency (or use loss.name=dcl for a constant eta)"
+            "loss.name=ssd needs a per-sample eta; set loss.ssd.eta_source to ssd_mlm, "
+            "corpus_lm or class_frequency (or use loss.name=dcl for a constant eta)"
         )
     if mode == "image_image" and eta_directions != "both":
         raise ConfigError(
-            "loss.eta_directions applies to image_text data only; leave it at 'both' for "
+            f"loss.{method}.eta_directions applies to image_text data only; leave it at 'both' for "
             "image_image"
         )
     directions = _DIRECTION_NAMES[eta_directions]
@@ -272,6 +272,7 @@ def make_debiased(
         ngram_order=corpus_lm_order,
         cache_dir=eta_cache_dir if eta_cache_dir is not None else f"{output_dir}/eta_cache",
         cache_readonly=eta_cache_readonly,
+        settings=f"loss.{method}",
     )
     # Rank 0 scores the texts (possibly minutes with a masked LM) and every rank gets its table.
     table: torch.Tensor | None = None

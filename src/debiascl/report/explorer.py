@@ -182,7 +182,7 @@ def _why_no_pairs(run_dir: Path) -> str:
             f"its detector (negatives.name={detector}) removed no negative pair while training "
             "(negatives/removed_fraction in metrics.jsonl; nothing is removed before "
             "negatives.start_epoch, and GloFND with init=one only once its thresholds fell); "
-            "train longer or with negatives.init=batch_quantile"
+            "train longer or with negatives.glofnd.init=batch_quantile"
         )
     return (
         "train with a false-negative detector (negatives.name=glofnd|fnc|single|oracle) and "

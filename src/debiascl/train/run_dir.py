@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from debiascl import distributed as dist_utils
+from debiascl.config.loader import resolved_config
 from debiascl.errors import CheckpointError
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.atomic import atomic_write_text, remove_stale_temp_files
@@ -55,7 +56,7 @@ class RunDirMixin:
 
     def _write_config(self) -> None:
         if self.is_main:
-            text = yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False)
+            text = yaml.safe_dump(resolved_config(self.cfg), sort_keys=False)
             atomic_write_text(self.run_dir / "config.yaml", text)
             self._write_artifacts()
         self.logger = RunLogger(self.run_dir, enabled=self.is_main)

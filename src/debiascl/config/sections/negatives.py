@@ -1,4 +1,13 @@
-"""The ``negatives`` section: the false-negative detector and its settings."""
+"""The ``negatives`` section: the false-negative detector, its shared settings and each
+detector's own settings.
+
+Section keys mean the same for every detector: the target fraction ``alpha``, when removal and
+threshold updates start, where threshold tables live, and the frozen text evidence shared by
+``text_sim`` and the text diagnostics. A detector's own settings sit under its name; every
+detector with a learned threshold (glofnd, single, text_sim, stable_glofnd, eta_glofnd) takes the
+threshold update rule (optimizer, lr, betas, eps, init) in its own subsection, e.g.
+``negatives: {name: glofnd, glofnd: {lr: 0.05, beta1: 0.5, init: batch_quantile}}``.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +15,92 @@ from typing import Literal
 
 from pydantic import Field
 
-from debiascl.config.sections.base import Section
+from debiascl.config.sections.methods import MethodSection, MethodSettings
 
 
-class NegativesConfig(Section):
-    """False-negative detector (registry ``debiascl.registry.DETECTORS``)."""
+class SingleSettings(MethodSettings):
+    """``negatives.single``: the threshold update rule (``negatives.thresholds.ThresholdRule``)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(0.05, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.98, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon of the threshold update")
+    init: Literal["one", "batch_quantile"] = Field(
+        "one", description="lambda at 1 (filters nothing) or the batch quantile on first visit"
+    )
+
+
+class TextSimSettings(SingleSettings):
+    """``negatives.text_sim``: the rule over text cosines and its threshold update."""
+
+    text_rule: Literal["fixed", "glofnd"] = Field(
+        "fixed",
+        description="remove text cosine >= negatives.text_threshold (fixed) or above a learned "
+        "per-anchor GloFND threshold over text cosines (glofnd)",
+    )
+    moment_init: Literal["zero", "binomial"] = Field(
+        "zero", description="Adam moments at the batch-quantile init (see negatives.glofnd)"
+    )
+
+
+class GloFNDSettings(SingleSettings):
+    """``negatives.glofnd``: per-sample thresholds (Adam or SGD on the quantile loss)."""
+
+    moment_init: Literal["zero", "binomial"] = Field(
+        "zero",
+        description="Adam moments at the batch-quantile init: zero (bias-corrected; the next "
+        "step moves lambda by a full lr) or binomial (m 0, v alpha(1-alpha)/n, no bias "
+        "correction; steps start small)",
+    )
+    reset_on_resume: bool = Field(False, description="reset thresholds when loading a checkpoint")
+
+
+class StableGloFNDSettings(GloFNDSettings):
+    """``negatives.stable_glofnd``: GloFND on a stable copy of the model."""
+
+    reference: Literal["ema", "initial"] = Field(
+        "ema", description="EMA copy of the model or the frozen initial model"
+    )
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay per step")
+
+
+class EtaGloFNDSettings(GloFNDSettings):
+    """``negatives.eta_glofnd``: GloFND with a per-anchor alpha from the loss's eta."""
+
+    alpha_scale: float = Field(1.0, gt=0, description="alpha_i = clip(alpha_scale * eta_i, ...)")
+    alpha_min: float = Field(0.01, gt=0, lt=1, description="lower clip of alpha_i")
+    alpha_max: float = Field(0.5, gt=0, lt=1, description="upper clip of alpha_i")
+
+
+#: Settings the composition layer reads for a method itself (not constructor arguments).
+COMPOSE_SETTINGS = {"stable_glofnd": frozenset({"reference", "ema_decay"})}
+
+
+class NegativesConfig(MethodSection):
+    """False-negative detector (registry ``debiascl.registry.DETECTORS``) and its settings."""
+
+    KIND = "negatives"
+    TYPED_SETTINGS = {
+        "none": MethodSettings,
+        "fnc": MethodSettings,
+        "oracle": MethodSettings,
+        "single": SingleSettings,
+        "glofnd": GloFNDSettings,
+        "text_sim": TextSimSettings,
+        "stable_glofnd": StableGloFNDSettings,
+        "eta_glofnd": EtaGloFNDSettings,
+    }
 
     name: str = Field(
         "none",
-        description="none | fnc | glofnd | single | oracle | text_sim | stable_glofnd | eta_glofnd",
+        description="a registered detector: none | fnc | glofnd | single | oracle | text_sim | "
+        "stable_glofnd | eta_glofnd",
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="target false-negative fraction")
     start_epoch: int = Field(0, ge=0, description="first epoch whose masks remove negatives")
     update_start_epoch: int | None = Field(
         None, ge=0, description="first epoch that updates thresholds (default start_epoch)"
-    )
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(0.05, gt=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.98, ge=0, lt=1)
-    init: Literal["one", "batch_quantile"] = Field(
-        "one", description="lambda at 1 (filters nothing) or the batch quantile on first visit"
-    )
-    moment_init: Literal["zero", "binomial"] = Field(
-        "zero",
-        description="GloFND Adam moments at the batch-quantile init: zero (bias-corrected; the "
-        "next step moves lambda by a full lr) or binomial (m 0, v alpha(1-alpha)/n, no bias "
-        "correction; steps start small)",
-    )
-    reset_on_resume: bool = Field(False, description="reset thresholds when loading a checkpoint")
-    eps: float = Field(1e-8, gt=0, description="Adam epsilon of the per-sample threshold update")
-    table_placement: Literal["device", "cpu"] = Field(
-        "device", description="where threshold tables live (cpu for very large id spaces)"
     )
     start_rule: Literal["epoch", "converged"] = Field(
         "epoch",
@@ -47,36 +110,28 @@ class NegativesConfig(Section):
     start_tolerance: float = Field(
         0.01, gt=0, description="converged start rule: change of the mean threshold per epoch"
     )
-    text_rule: Literal["fixed", "glofnd"] = Field(
-        "fixed",
-        description="text_sim: remove text cosine >= text_threshold (fixed) or above a learned "
-        "per-anchor GloFND threshold over text cosines (glofnd)",
+    table_placement: Literal["device", "cpu"] = Field(
+        "device", description="where threshold tables live (cpu for very large id spaces)"
+    )
+    table_sharding: Literal["replicated", "sharded"] = Field(
+        "replicated",
+        description="sharded: each rank stores only N / world_size rows of the threshold tables "
+        "and fetches the others by collectives (for 10**8-10**9 ids over many GPUs)",
+    )
+    text_encoder: Literal["minilm", "tfidf"] = Field(
+        "minilm",
+        description="frozen encoder of the text evidence (captions/reports) of text_sim and the "
+        "text diagnostics (one table serves both)",
     )
     text_threshold: float = Field(
         0.95,
         gt=-1,
         le=1,
-        description="text cosine counted as the same text (text_sim fixed rule, text diagnostics)",
-    )
-    text_encoder: Literal["minilm", "tfidf"] = Field(
-        "minilm", description="frozen encoder of the text evidence (captions/reports)"
+        description="text cosine counted as the same text (text_sim's fixed rule, text "
+        "diagnostics, the text_agreement start rule)",
     )
     text_diagnostics: bool = Field(
         False,
         description="log per epoch the share of removed pairs whose texts agree (text_agreement) "
         "and of text-agreeing negatives removed (text_recall); needs texts",
-    )
-    reference: Literal["ema", "initial"] = Field(
-        "ema", description="stable_glofnd: EMA copy of the model or the frozen initial model"
-    )
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="stable_glofnd EMA decay per step")
-    alpha_scale: float = Field(
-        1.0, gt=0, description="eta_glofnd: alpha_i = clip(alpha_scale * eta_i, min, max)"
-    )
-    alpha_min: float = Field(0.01, gt=0, lt=1, description="eta_glofnd: lower clip of alpha_i")
-    alpha_max: float = Field(0.5, gt=0, lt=1, description="eta_glofnd: upper clip of alpha_i")
-    table_sharding: Literal["replicated", "sharded"] = Field(
-        "replicated",
-        description="sharded: each rank stores only N / world_size rows of the threshold tables "
-        "and fetches the others by collectives (for 10**8-10**9 ids over many GPUs)",
     )
