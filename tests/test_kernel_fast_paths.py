@@ -127,13 +127,36 @@ def test_objective_checks_ids_once_and_tables_check_what_it_did_not_cover():
         wider(z1, z2, torch.tensor([0, 1, 2, 50]), logit_scale=5.0, ctx=StepContext())
 
 
-def test_stats_without_detector_equal_the_scanned_all_true_mask():
+@pytest.mark.parametrize("labelled", [True, False])
+def test_stats_without_detector_equal_the_scanned_all_true_mask(labelled):
     batch = simclr_batch(b=5, seed=3)
-    batch.anchor_labels = torch.tensor([0, 1, 0, -1, 1] * 2)
-    batch.candidate_labels = batch.anchor_labels.clone()
+    if labelled:
+        batch.anchor_labels = torch.tensor([0, 1, 0, -1, 1] * 2)
+        batch.candidate_labels = batch.anchor_labels.clone()
     keep = torch.ones_like(batch.neg_mask)
     fast, scanned = DetectionStats(), DetectionStats()
-    fast.update(batch, keep, keeps_all=True)
-    scanned.update(batch, keep)
+    for _ in range(2):
+        fast.update(batch, keep, keeps_all=True)
+        scanned.update(batch, keep)
     assert torch.equal(fast.state(), scanned.state())
-    assert fast.state()[1] > 0 and fast.state()[6] > 0  # negatives and true false negatives
+    assert fast.state()[1] == 2 * 10 * 8  # negatives: 2 steps x 10 anchors x 8 negatives
+    assert (fast.state()[6] > 0) == labelled  # true false negatives only with labels
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_debiased_from_sim_at_large_logit_scale_matches_float64(beta):
+    # logits spread up to 200: entries far below the row maximum take the e^-80 floor
+    batch = simclr_batch(b=16, d=8, seed=4, dtype=torch.float32)
+    sim64 = batch.sim.detach().double().requires_grad_()
+    sim32 = batch.sim.detach().clone().requires_grad_()
+    out = [
+        debiased_info_nce_from_sim(
+            s, torch.tensor(100.0), batch.pos_index, batch.neg_mask, 0.1, beta
+        )
+        for s in (sim32, sim64)
+    ]
+    assert torch.isfinite(out[0].loss).all()
+    torch.testing.assert_close(out[0].loss.double(), out[1].loss, rtol=1e-4, atol=1e-4)
+    out[0].loss.sum().backward()
+    out[1].loss.sum().backward()
+    torch.testing.assert_close(sim32.grad.double(), sim64.grad, rtol=1e-3, atol=1e-3)

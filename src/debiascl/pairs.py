@@ -133,7 +133,8 @@ def simclr_pairs(
     offset = dist_utils.rank() * b
 
     anchors = torch.cat([z1, z2], dim=0)
-    candidates = torch.cat([all_z1, all_z2], dim=0)
+    # one process: the candidates are the anchors (one concatenation, not two)
+    candidates = torch.cat([all_z1, all_z2], dim=0) if dist_utils.is_distributed() else anchors
     sim = anchors @ candidates.T
 
     local = torch.arange(b, device=z1.device)

@@ -21,7 +21,6 @@ disabled, so logits of 1/t = 14 (or 100) never overflow, not even under fp16/bf1
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import torch
@@ -172,22 +171,23 @@ def _debiased_tail(
 
 #: Added to removed entries (as -1e30) so they fall below every kept logit without -inf.
 _REMOVED = 1e30
+#: Floor of x - rowmax before exp: inside exp's fast vectorised range (an argument whose exp
+#: underflows, -inf included, is several times slower on CPU); e^-80 is far below float32's
+#: resolution of a row sum, which is at least 1.
+_EXP_FLOOR = -80.0
 
 
-def _zero_exp_floor(dtype: torch.dtype) -> float:
-    """An x whose exp is exactly 0 in ``dtype``, with everything below it 0 too (about -105 in
-    float32, -746 in float64): clamping to it changes no exponential and keeps exp fast."""
-    fi = torch.finfo(dtype)
-    return math.log(fi.tiny) + math.log(fi.eps) - math.log(2.0) - 1.0
-
-
-def _shifted_exp(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(e, total, lse)`` of the rows of ``x`` whose removed entries are near -1e30: e =
-    exp(x - rowmax) (exactly 0 on removed entries), its row sums and the row log-sum-exp, the
-    same values bit for bit as ``torch.logsumexp`` of x with -inf on the removed entries (the
-    clamp only replaces inputs whose exp is 0 anyway; -inf itself is several times slower)."""
+def _shifted_exp(
+    x: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(e, total, lse)`` for rows of ``x`` whose removed entries (``keep`` 0) are near -1e30:
+    e = exp(x - rowmax) times ``keep`` (so exactly 0 on removed entries), its row sums and the
+    row log-sum-exp. Overwrites ``x``. The same values bit for bit as ``torch.logsumexp`` of x
+    with -inf on the removed entries whenever no kept entry lies more than 80 below its row's
+    maximum (logit scale < 40 with cosine similarities); beyond, entries under e^-80 count as
+    e^-80, a change far below float32's resolution of the sum."""
     top = x.amax(dim=1)
-    e = x.sub_(top[:, None]).clamp_min_(_zero_exp_floor(x.dtype)).exp_()
+    e = x.sub_(top[:, None]).clamp_min_(_EXP_FLOOR).exp_().mul_(keep)
     total = e.sum(dim=1)
     return e, total, total.log().add_(top)
 
@@ -195,7 +195,8 @@ def _shifted_exp(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 class _LogNegSum(torch.autograd.Function):
     """log S (DCL/HCL) and the positive logit per row, from similarities, in a few passes.
 
-    Forward gives :func:`debiased_info_nce`'s ``log_s`` and positive logit (bit for bit); the
+    Forward gives :func:`debiased_info_nce`'s ``log_s`` and positive logit (see
+    :func:`_shifted_exp` for when bit for bit); the
     backward is one scaled copy of the saved exponentials per log-sum-exp plus a scatter into the
     positive column, instead of autograd's re-exponentiation and its zero-filled gather gradient
     (the same gradient up to rounding). Masks enter as arithmetic on a float copy: boolean
@@ -208,7 +209,6 @@ class _LogNegSum(torch.autograd.Function):
         sim: torch.Tensor,
         scale: torch.Tensor,
         keep: torch.Tensor,
-        offset: torch.Tensor,
         pos_index: torch.Tensor,
         log_n: torch.Tensor,
         beta: float,
@@ -217,16 +217,15 @@ class _LogNegSum(torch.autograd.Function):
         simd = sim.detach().to(dtype)
         scaled = scale.detach().to(dtype)
         pos = simd.gather(1, pos_index[:, None])[:, 0] * scaled
-        # neg = l on kept entries (l + 0 exactly), about -offset on removed ones (in place: the
-        # caller's float keep-mask is a scratch copy)
-        neg = keep.sub_(1.0).mul_(offset[:, None]).addcmul_(simd, scaled)
+        # neg = l on kept entries (l + 0 exactly), about -1e30 on removed ones
+        neg = keep.sub(1.0).mul_(_REMOVED).addcmul_(simd, scaled)
         if beta == 0:
-            e, total, log_s = _shifted_exp(neg)
+            e, total, log_s = _shifted_exp(neg, keep)
             e_hard = total_hard = None
         else:
             # log S = log N + LSE((1 + beta) n) - LSE(beta n)
-            e, total, lse_1b = _shifted_exp((1.0 + beta) * neg)
-            e_hard, total_hard, lse_b = _shifted_exp(neg.mul_(beta))
+            e, total, lse_1b = _shifted_exp((1.0 + beta) * neg, keep)
+            e_hard, total_hard, lse_b = _shifted_exp(neg.mul_(beta), keep)
             log_s = log_n + lse_1b - lse_b
         ctx.save_for_backward(e, total, e_hard, total_hard, pos_index, simd, scale)
         ctx.beta = beta
@@ -258,7 +257,7 @@ class _LogNegSum(torch.autograd.Function):
                 row = row - coef_hard * (e_hard * simd).sum(dim=1)
             row = row + gp * simd.gather(1, pos_index[:, None])[:, 0]
             grad_scale = row.sum().to(scale.dtype).reshape(scale.shape)
-        return grad_sim, grad_scale, None, None, None, None, None
+        return grad_sim, grad_scale, None, None, None, None
 
 
 def debiased_info_nce_from_sim(
@@ -270,7 +269,8 @@ def debiased_info_nce_from_sim(
     beta: float = 0.0,
 ) -> DebiasedTerms:
     """:func:`debiased_info_nce` on the logits ``logit_scale * sim`` with positives at
-    ``pos_index``: the same values (bit for bit) and gradients (up to rounding), in fewer passes.
+    ``pos_index``, in fewer passes: the same values (bit for bit while no kept logit lies more
+    than 80 below its row's largest, e.g. logit scale < 40) and gradients (up to rounding).
 
     Args:
         sim: (A, M) similarities (in the graph; any float dtype, computed in float32 or better).
@@ -284,18 +284,18 @@ def debiased_info_nce_from_sim(
     """
     dtype = torch.promote_types(sim.dtype, torch.float32)
     with torch.autocast(device_type=sim.device.type, enabled=False):
-        # byte view: much faster than .to(float); a fresh copy the kernel overwrites
-        keep = neg_mask.view(torch.uint8).to(dtype, copy=True)
+        keep = neg_mask.view(torch.uint8).to(dtype)  # byte view: much faster than .to(float)
         n_f = keep.sum(dim=1)  # exact counts
         count = n_f.long()
         empty = n_f == 0
-        # Rows without negatives keep every entry (no removal offset), so no -inf - -inf
-        # appears; their loss is replaced by 0 (torch.where then sends them no gradient).
-        offset = torch.where(empty, 0.0, _REMOVED).to(dtype)
+        # Rows without negatives keep every entry (their keep row is all 0, so adding 1 makes
+        # it all 1), so no -inf - -inf appears; their loss is replaced by 0 (torch.where then
+        # sends them no gradient).
+        keep = keep.add_(empty.to(dtype)[:, None])
         n_f = torch.where(empty, float(neg_mask.shape[1]), n_f)
         log_n = torch.log(n_f)
         scale = torch.as_tensor(logit_scale, device=sim.device)
-        log_s, pos = _LogNegSum.apply(sim, scale, keep, offset, pos_index, log_n, float(beta))
+        log_s, pos = _LogNegSum.apply(sim, scale, keep, pos_index, log_n, float(beta))
         loss, clamped = _debiased_tail(log_s, pos, log_n, empty, eta, scale)
     return DebiasedTerms(loss=loss, clamped=clamped & ~empty, num_negatives=count)
 

@@ -64,6 +64,12 @@ class DetectionStats:
         """
         # count_true: bool row counts without widening every entry to int64 (several x faster)
         n_negatives = count_true(batch.neg_mask)
+        if keeps_all and (batch.anchor_labels is None or batch.candidate_labels is None):
+            # nothing removed and no labels: only the negatives count changes
+            if self._sums.device != n_negatives.device:
+                self._sums = self._sums.to(n_negatives.device)
+            self._sums[1] += n_negatives.sum()
+            return
         removed = None if keeps_all else batch.neg_mask & ~keep
         n_removed = (
             torch.zeros_like(n_negatives) if removed is None else count_true(removed)
