@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import warnings
@@ -36,7 +35,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         from debiascl.eval.summary import format_summary
 
-        if not args.no_eval:
+        if not args.no_eval and not trainer.nothing_to_train:
             print(format_summary(summary))
         print(f"run directory: {trainer.run_dir}")
     return 0
@@ -249,8 +248,8 @@ _SHOWN_WARNINGS: set[str] = set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # No process-wide HF_HUB_OFFLINE: local folders load with local_files_only, a hub id tries the
+    # cache, then the hub, then fails in one line (debiascl.models.hf_text.load_hf_text).
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if "--debug" in extra:  # `debiascl eval RUN --debug` means the same as `debiascl --debug ...`

@@ -113,6 +113,18 @@ def _detector_params(name: str) -> set[str]:
     return set(inspect.signature(DETECTORS.get(name)).parameters)
 
 
+def _required(name: str, param: str) -> bool:
+    """True when the registered detector ``name`` has no default for ``param``."""
+    p = inspect.signature(DETECTORS.get(name)).parameters[param]
+    return p.default is inspect.Parameter.empty
+
+
+def needs_text_embeddings(cfg: RunConfig) -> bool:
+    """True when the run's detector start rule needs the frozen text table
+    (``negatives.start_rule=text_agreement``)."""
+    return cfg.negatives.start_rule == "text_agreement"
+
+
 def build_detector(
     cfg: RunConfig,
     info: DatasetInfo,
@@ -128,12 +140,28 @@ def build_detector(
 
     Raises:
         ConfigError: an unknown name, a detector needing eta with a loss that has none, or
-            text evidence for data without texts.
+            text evidence (a text_sim detector, ``start_rule=text_agreement``) for data
+            without texts.
     """
     name = cfg.negatives.name
     options = detector_options(cfg, info)
     params = _detector_params(name)
-    if "text_embeddings" in params:
+    if needs_text_embeddings(cfg):
+        if "start_rule" not in params:
+            raise ConfigError(
+                f"negatives.start_rule={cfg.negatives.start_rule} is for the GloFND-type "
+                f"detectors (glofnd, stable_glofnd, eta_glofnd, text_sim), not {name}"
+            )
+        if info.texts is None:
+            raise ConfigError(
+                f"negatives.start_rule={cfg.negatives.start_rule} compares the detector's "
+                "candidates with their captions/reports, but the data has no texts: use "
+                "start_rule epoch or converged, or data with texts (data.mode=image_text or "
+                "data.text_column)"
+            )
+    if "text_embeddings" in params and (
+        needs_text_embeddings(cfg) or _required(name, "text_embeddings")
+    ):
         if text_embeddings is None:
             text_embeddings = frozen_text_embeddings(info.texts, cfg.negatives.text_encoder)
         options["text_embeddings"] = text_embeddings
@@ -172,7 +200,7 @@ def build_objective(cfg: RunConfig, info: DatasetInfo) -> ContrastiveObjective:
     """
     loss = build_loss(cfg, info)
     texts = None
-    if cfg.negatives.text_diagnostics:
+    if cfg.negatives.text_diagnostics or (needs_text_embeddings(cfg) and info.texts is not None):
         texts = frozen_text_embeddings(info.texts, cfg.negatives.text_encoder)
     detector = build_detector(cfg, info, loss, texts)
     objective = ContrastiveObjective(
@@ -182,7 +210,7 @@ def build_objective(cfg: RunConfig, info: DatasetInfo) -> ContrastiveObjective:
         num_samples=info.num_samples,
         directions=run_directions(cfg),
     )
-    if texts is not None:
+    if texts is not None and cfg.negatives.text_diagnostics:
         # removals against text evidence per epoch (text_agreement, text_recall)
         objective.text_evidence = TextEvidence(texts)
         objective.text_agreement = TextAgreement(

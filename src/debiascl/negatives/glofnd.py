@@ -30,6 +30,7 @@ from torch import nn
 from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.context import StepContext
+from debiascl.negatives.start_rules import TextAgreementStart
 from debiascl.negatives.thresholds import (
     ThresholdRule,
     batch_quantile,
@@ -42,6 +43,8 @@ from debiascl.state.tables import Placement, SampleTable
 
 LAMBDA_COLUMNS = ("lambda", "m", "v", "visits")
 LAMBDA_DEFAULTS = (1.0, 0.0, 0.0, 0.0)
+#: ``start_rule`` values of the GloFND-type detectors
+START_RULES = ("epoch", "converged", "text_agreement")
 
 
 def pooled_quantile(
@@ -102,7 +105,15 @@ class GloFNDDetector(ScheduledDetector):
             epoch, with at least 99% of the samples visited). It needs ``update_start_epoch`` <
             ``start_epoch``, or the thresholds never move before masking. Once started, masking
             stays on.
+            ``"text_agreement"``: mask from the first epoch >= ``start_epoch`` after which the
+            share of would-be-removed pairs (negatives above the learned thresholds, counted
+            while the thresholds learn) whose texts agree under ``text_embeddings`` (text cosine
+            >= ``text_threshold``) reached ``start_agreement``
+            (:class:`~debiascl.negatives.start_rules.TextAgreementStart`).
         start_tolerance: the convergence tolerance of ``start_rule="converged"``.
+        text_embeddings: (N, D) frozen text embedding per sample id, for
+            ``start_rule="text_agreement"`` (ignored by the other rules).
+        text_threshold, start_agreement: the text_agreement rule's settings.
         reset_on_resume: restore every threshold to its initial state after ``load_state_dict``.
         placement: table placement, ``"device"`` or ``"cpu"``.
         sharding: ``"replicated"`` (every rank holds all N rows) or ``"sharded"`` (each rank
@@ -129,10 +140,15 @@ class GloFNDDetector(ScheduledDetector):
         sharding: Sharding = "replicated",
         start_rule: str = "epoch",
         start_tolerance: float = 0.01,
+        text_embeddings: torch.Tensor | None = None,
+        text_threshold: float = 0.95,
+        start_agreement: float = 0.5,
     ) -> None:
         super().__init__(alpha, start_epoch, update_start_epoch)
-        if start_rule not in ("epoch", "converged"):
-            raise ConfigError(f"start_rule must be 'epoch' or 'converged', got {start_rule!r}")
+        if start_rule not in START_RULES:
+            raise ConfigError(
+                f"start_rule must be one of {', '.join(START_RULES)}, got {start_rule!r}"
+            )
         if start_rule == "converged" and (
             start_tolerance <= 0 or self.update_start_epoch >= max(self.start_epoch, 1)
         ):
@@ -148,6 +164,11 @@ class GloFNDDetector(ScheduledDetector):
         # with the converged rule, so checkpoints of the epoch rule keep their keys
         state = torch.tensor([0.0, float("nan"), -1.0]) if start_rule == "converged" else None
         self.register_buffer("start_state", state)
+        self.agreement_start: TextAgreementStart | None = None
+        if start_rule == "text_agreement":
+            self.agreement_start = TextAgreementStart(
+                text_embeddings, text_threshold, start_agreement
+            )
         self.rule = ThresholdRule(optimizer, init, float(lr), float(beta1), float(beta2), eps)
         if moment_init not in ("zero", "binomial"):
             raise ConfigError(
@@ -187,6 +208,11 @@ class GloFNDDetector(ScheduledDetector):
 
     def masking(self, ctx: StepContext) -> bool:
         """True when this step's mask removes negatives (see ``start_rule``)."""
+        rule = self.agreement_start
+        if rule is not None:
+            if ctx.training:
+                rule.new_epoch(ctx.epoch, self.start_epoch)
+            return rule.started and ctx.epoch >= self.start_epoch
         if self.start_state is None:
             return super().masking(ctx)
         if ctx.training and ctx.epoch > int(self.start_state[2]):
@@ -254,6 +280,9 @@ class GloFNDDetector(ScheduledDetector):
             lam = self.update(batch, groups, sim)
         else:
             lam = self.table(batch.name).read(groups.ids)[:, 0]
+        rule = self.agreement_start
+        if rule is not None and updating and not rule.started:
+            rule.observe(batch, sim, groups.expand(lam))  # candidates before masking starts
         if not masking:
             return self.keep_all(batch)
         return sim <= groups.expand(lam)[:, None]
@@ -267,6 +296,8 @@ class GloFNDDetector(ScheduledDetector):
         sharded table is gathered (a collective: every rank calls this at the same point).
         """
         out: dict[str, float] = {}
+        if self.agreement_start is not None:
+            out.update(self.agreement_start.diagnostics())
         for name, table in self.tables.items():
             data = table.all_rows()
             visited = data[:, 3] > 0
@@ -296,6 +327,8 @@ class GloFNDDetector(ScheduledDetector):
             table.reset()  # type: ignore[operator]
         if self.start_state is not None:
             self.start_state.copy_(torch.tensor([0.0, float("nan"), -1.0]))
+        if self.agreement_start is not None:
+            self.agreement_start.reset()
 
 
 def _reset_after_load(module: nn.Module, incompatible_keys: Any) -> None:

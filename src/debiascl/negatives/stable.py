@@ -112,6 +112,9 @@ class EtaGloFNDDetector(GloFNDDetector):
         sharding: Sharding = "replicated",
         start_rule: str = "epoch",
         start_tolerance: float = 0.01,
+        text_embeddings: torch.Tensor | None = None,
+        text_threshold: float = 0.95,
+        start_agreement: float = 0.5,
     ) -> None:
         super().__init__(
             num_samples,
@@ -132,6 +135,9 @@ class EtaGloFNDDetector(GloFNDDetector):
             sharding=sharding,
             start_rule=start_rule,
             start_tolerance=start_tolerance,
+            text_embeddings=text_embeddings,
+            text_threshold=text_threshold,
+            start_agreement=start_agreement,
         )
         eta = torch.as_tensor(eta).reshape(-1)
         if eta.numel() != num_samples:

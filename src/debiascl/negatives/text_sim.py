@@ -47,8 +47,9 @@ class TextSimilarityDetector(ScheduledDetector):
         mode, directions: the objective's mode and image_text directions.
         start_epoch / update_start_epoch: see :class:`ScheduledDetector`.
         optimizer, lr, beta1, beta2, eps, init, moment_init, start_rule, start_tolerance,
-            placement, sharding: the glofnd rule's settings, as for
-            :class:`~debiascl.negatives.glofnd.GloFNDDetector`.
+            start_agreement, placement, sharding: the glofnd rule's settings, as for
+            :class:`~debiascl.negatives.glofnd.GloFNDDetector` (``start_rule="text_agreement"``
+            checks the learned text thresholds' candidates against ``text_threshold``).
 
     Raises:
         ConfigError: an unknown rule, a threshold outside (-1, 1], or a table that does not
@@ -75,11 +76,17 @@ class TextSimilarityDetector(ScheduledDetector):
         moment_init: str = "zero",
         start_rule: str = "epoch",
         start_tolerance: float = 0.01,
+        start_agreement: float = 0.5,
         placement: Placement = "device",
         sharding: Sharding = "replicated",
     ) -> None:
         if text_rule not in ("fixed", "glofnd"):
             raise ConfigError(f"text_rule must be 'fixed' or 'glofnd', got {text_rule!r}")
+        if text_rule == "fixed" and start_rule != "epoch":
+            raise ConfigError(
+                f"start_rule={start_rule!r} needs learned thresholds: use text_rule='glofnd' "
+                "with it, or start_rule='epoch' with the fixed rule"
+            )
         super().__init__(alpha if text_rule == "glofnd" else None, start_epoch, update_start_epoch)
         self.text_rule = text_rule
         self.text_threshold = check_text_threshold(text_threshold)
@@ -103,6 +110,9 @@ class TextSimilarityDetector(ScheduledDetector):
                 moment_init=moment_init,
                 start_rule=start_rule,
                 start_tolerance=start_tolerance,
+                text_embeddings=text_embeddings,
+                text_threshold=text_threshold,
+                start_agreement=start_agreement,
                 placement=placement,
                 sharding=sharding,
             )

@@ -35,6 +35,33 @@ class RunDirMixin:
                     old.unlink(missing_ok=True)
         dist_utils.barrier()
 
+    def _already_complete(self) -> bool:
+        """True when the resumed checkpoint ends the run (``train.epochs`` or ``max_steps``
+        reached) and the run finished (``summary.json`` written); rank 0 decides for all."""
+        done = self.state.epoch >= self.cfg.train.epochs or self.state.step >= self.total_steps
+        finished = done and (not self.is_main or (self.run_dir / "summary.json").is_file())
+        return bool(dist_utils.broadcast_object(finished))
+
+    def _nothing_to_train(self) -> dict:
+        """Say so in one line (rank 0) and return the finished run's saved summary."""
+        import json
+
+        self.nothing_to_train = True
+        if not self.is_main:
+            return {}
+        raise_what = "train.epochs"
+        if self.state.epoch < self.cfg.train.epochs:  # stopped by train.max_steps
+            raise_what = "train.max_steps"
+        print(
+            f"run already complete at epoch {self.state.epoch}; nothing to train (use eval, or "
+            f"raise {raise_what})",
+            flush=True,
+        )
+        try:
+            return json.loads((self.run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
     def _lock_run_dir(self) -> None:
         """Rank 0 holds the run directory's lock until :meth:`fit` ends; a second run into the
         same directory stops here with one line (every rank learns of it)."""

@@ -23,6 +23,7 @@ from debiascl import distributed as dist_utils
 from debiascl.compose import build_augment, build_data, build_model, build_objective
 from debiascl.compose.evaluation import evaluate_run_model
 from debiascl.compose.objective import build_reference
+from debiascl.compose.run_checks import check_ignored_by_mode, warn_if_thresholds_cannot_move
 from debiascl.config import RunConfig
 from debiascl.data.augment import EvalTransform
 from debiascl.data.build import DataBundle, make_loader
@@ -63,6 +64,7 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None = None) -> None:
         self.cfg = cfg
+        check_ignored_by_mode(cfg)  # before any work
         dist_utils.init_from_env()
         configure_torch(cfg.train)
         self.device = select_device(cfg.train.device)
@@ -118,6 +120,8 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
             self.total_steps = min(cfg.train.max_steps, self.steps_per_epoch * cfg.train.epochs)
         else:
             self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        if self.is_main:
+            warn_if_thresholds_cannot_move(cfg, math.ceil(self.total_steps / self.steps_per_epoch))
         self.ddp_model: nn.Module = self.model
         if dist_utils.is_distributed():
             self.ddp_model = DistributedDataParallel(
@@ -148,6 +152,7 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
         self._saved_at: tuple[int, int, int] | None = None  # position of the last checkpoint
         self._epoch_t0: float | None = None
         self._lock = RunDirLock(self.run_dir)  # held by rank 0 while fit() runs
+        self.nothing_to_train = False  # fit() resumed a run that had already finished
 
     # ----------------------------------------------------------------- loop
 
@@ -171,6 +176,8 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
             self._prepare_run_dir()
             if self.cfg.checkpoint.resume:
                 self.resume(self.cfg.checkpoint.resume)
+                if self._already_complete():  # no new files, no TensorBoard event file
+                    return self._nothing_to_train()
             last_logged = self._trim_metrics()  # a fresh run keeps no records of an earlier one
             self._write_config()
             self._log_missing_record(last_logged)

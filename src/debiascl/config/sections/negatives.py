@@ -102,13 +102,23 @@ class NegativesConfig(MethodSection):
     update_start_epoch: int | None = Field(
         None, ge=0, description="first epoch that updates thresholds (default start_epoch)"
     )
-    start_rule: Literal["epoch", "converged"] = Field(
+    start_rule: Literal["epoch", "converged", "text_agreement"] = Field(
         "epoch",
-        description="glofnd-type detectors: mask from start_epoch (epoch) or from the first epoch "
-        ">= start_epoch after which the mean threshold moved <= start_tolerance (converged)",
+        description="glofnd-type detectors: mask from start_epoch (epoch), or from the first "
+        "epoch >= start_epoch after which the mean threshold moved <= start_tolerance "
+        "(converged), or after which at least start_agreement of the pairs above the learned "
+        "thresholds have agreeing texts (text_agreement: text cosine >= text_threshold under "
+        "text_encoder; needs texts)",
     )
     start_tolerance: float = Field(
         0.01, gt=0, description="converged start rule: change of the mean threshold per epoch"
+    )
+    start_agreement: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="text_agreement start rule: share of the would-be-removed pairs whose texts "
+        "agree that starts masking",
     )
     table_placement: Literal["device", "cpu"] = Field(
         "device", description="where threshold tables live (cpu for very large id spaces)"
