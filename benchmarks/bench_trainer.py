@@ -15,11 +15,20 @@ first step) or InfoNCE. No evaluation.
   ``make_loader``, AdamW, ``warmup_cosine``) in about twenty lines: augment, encode, objective,
   backward, step. It keeps the per-step loss as a tensor and reads it once at the end.
 
-The two sides alternate run by run in one process (CPU time of the process, so a shared machine's
-other jobs do not count; wall time shown too); the report is medians and the ratio trainer / hand
-loop of the training phase (``fit`` vs the loop) and of the whole run including construction.
+Measured three ways in one process (CPU time of the process, so a shared machine's other jobs
+do not count; wall time beside it):
+
+* **per step**, lock step: the trainer's ``train_step`` first advances the hand loop by one step
+  (each loop with its own torch RNG state), so the two alternate iteration by iteration under the
+  same machine load; median of the per-iteration ratios trainer / hand loop;
+* **fit / loop** and **whole run**: separate runs, the order flipping every pair; medians of the
+  per-pair ratios of the training phase (``fit`` vs the loop, once-per-run and once-per-epoch
+  costs included) and of construction + training;
+* **bookkeeping**: ``fit`` with a no-op ``train_step`` minus a bare pass over the same loader,
+  the trainer's own work per run without any step noise.
+
 The sanity line checks that both reach the same loss (epoch mean) and the same weights, bit for
-bit: same seed, same data order, same augmentation draws.
+bit, in every comparison: same seed, same data order, same augmentation draws.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,50 +83,26 @@ def make_config(objective: str, batch: int, steps: int) -> RunConfig:
     return load_config("fmnist_simclr_glofnd", overrides)
 
 
-def _stamp(stamps: list[tuple[float, float]]) -> None:
-    stamps.append((time.process_time(), time.perf_counter()))
-
-
-def _per_step(stamps: list[tuple[float, float]]) -> tuple[float, float]:
-    """Median (CPU, wall) seconds between consecutive step starts: one whole loop iteration
-    (next batch, bookkeeping, step)."""
-    return (
-        statistics.median(b[0] - a[0] for a, b in itertools.pairwise(stamps)),
-        statistics.median(b[1] - a[1] for a, b in itertools.pairwise(stamps)),
-    )
-
-
 def run_trainer(cfg: RunConfig) -> dict[str, Any]:
-    """``debiascl train --no-eval`` in this process; times construction, ``fit`` and each loop
-    iteration (a time stamp as each ``train_step`` begins)."""
+    """``debiascl train --no-eval`` in this process; times construction and ``fit``."""
     t0, c0 = time.perf_counter(), time.process_time()
-    stamps: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, run_dir=Path(tmp) / "run")
-        inner = trainer.train_step
-
-        def stamped_step(batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
-            _stamp(stamps)
-            return inner(batch, ctx)
-
-        trainer.train_step = stamped_step  # type: ignore[method-assign]
         t1, c1 = time.perf_counter(), time.process_time()
         trainer.fit(evaluate=False)
         t2, c2 = time.perf_counter(), time.process_time()
         params = [p.detach().clone() for p in trainer.model.parameters()]
         loss = trainer.last_record["loss"]
-    return {
-        "cpu": (c1 - c0, c2 - c1),
-        "wall": (t1 - t0, t2 - t1),
-        "step": _per_step(stamps),
-        "loss": loss,
-        "params": params,
-    }
+    return {"cpu": (c1 - c0, c2 - c1), "wall": (t1 - t0, t2 - t1), "loss": loss, "params": params}
 
 
-def run_hand_loop(cfg: RunConfig) -> dict[str, Any]:
-    """The minimal loop a user writes with the library's components (same maths, same seed)."""
-    t0, c0 = time.perf_counter(), time.process_time()
+def build_hand_loop(cfg: RunConfig) -> tuple[Iterator[None], dict[str, Any]]:
+    """The minimal loop a user writes with the library's components (same maths, same seed).
+
+    Builds everything now; returns a generator that runs one step per ``next`` (fetching its
+    batch first) and, once exhausted, the dict it fills with the epoch mean loss and the final
+    weights.
+    """
     seed_everything(cfg.seed)
     data = build_data(cfg.data, cfg.seed)
     m = cfg.model
@@ -130,8 +116,7 @@ def run_hand_loop(cfg: RunConfig) -> dict[str, Any]:
     )
     objective = build_objective(cfg, data.info)
     augment = make_augment("image_image", data.image_size, data.channels, cfg.data.augment)
-    batch = cfg.train.batch_size
-    loader = make_loader(data.train, batch, train=True, seed=cfg.seed)
+    loader = make_loader(data.train, cfg.train.batch_size, train=True, seed=cfg.seed)
     params = [p for p in nn.ModuleList([model, objective]).parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
@@ -143,79 +128,168 @@ def run_hand_loop(cfg: RunConfig) -> dict[str, Any]:
     steps = len(loader) * cfg.train.epochs
     warmup = round(cfg.optim.warmup_epochs * len(loader))
     scheduler = warmup_cosine(optimizer, warmup, steps, cfg.optim.min_lr_ratio)
+    result: dict[str, Any] = {}
+
+    def loop() -> Iterator[None]:
+        model.train()
+        step = 0
+        for epoch in range(cfg.train.epochs):
+            loader.sampler.set_epoch(epoch)
+            losses = []
+            for batch in loader:
+                v1, v2 = augment(batch["image"])
+                a, b = model(torch.cat([v1, v2])).chunk(2)
+                ctx = StepContext(epoch=epoch, step=step, training=True, progress=step / steps)
+                out = objective(a, b, batch["index"], batch["label"], ctx=ctx)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses.append(out.value.detach())
+                step += 1
+                yield
+            result["loss"] = sum(float(v) for v in losses) / len(losses)  # one read per epoch
+        result["params"] = [p.detach().clone() for p in model.parameters()]
+
+    return loop(), result
+
+
+def run_hand_loop(cfg: RunConfig) -> dict[str, Any]:
+    """The hand loop from scratch; times construction and the loop."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    steps, result = build_hand_loop(cfg)
     t1, c1 = time.perf_counter(), time.process_time()
-    model.train()
-    step = 0
-    stamps: list[tuple[float, float]] = []
-    for epoch in range(cfg.train.epochs):
-        loader.sampler.set_epoch(epoch)
-        losses = []
-        for batch_ in loader:
-            _stamp(stamps)
-            v1, v2 = augment(batch_["image"])
-            a, b = model(torch.cat([v1, v2])).chunk(2)
-            ctx = StepContext(epoch=epoch, step=step, training=True, progress=step / steps)
-            out = objective(a, b, batch_["index"], batch_["label"], ctx=ctx)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(out.value.detach())
-            step += 1
-        loss = sum(float(v) for v in losses) / len(losses)  # one read per epoch
+    for _ in steps:
+        pass
     t2, c2 = time.perf_counter(), time.process_time()
-    params_out = [p.detach().clone() for p in model.parameters()]
+    return {"cpu": (c1 - c0, c2 - c1), "wall": (t1 - t0, t2 - t1), **result}
+
+
+def lockstep(cfg: RunConfig) -> dict[str, Any]:
+    """Trainer and hand loop advanced step by step in turn: each trainer step first runs one
+    hand-loop step (with its own torch RNG state, so both draw what they draw alone).
+
+    Returns the (CPU, wall) seconds of each side's loop iterations (the trainer's: from the end
+    of one hand step to the start of the next, i.e. its step, bookkeeping and next batch), plus
+    both losses and final weights.
+    """
+    hand_steps, hand = build_hand_loop(cfg)
+    rng = {"hand": torch.get_rng_state()}
+    spans: list[tuple[float, float, float, float]] = []  # hand step start / end (CPU, wall)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, run_dir=Path(tmp) / "run")  # seeds the global RNG again
+        inner = trainer.train_step
+
+        def step_both(batch: dict[str, Any], ctx: StepContext) -> dict[str, float]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            own = torch.get_rng_state()
+            torch.set_rng_state(rng["hand"])
+            next(hand_steps)
+            rng["hand"] = torch.get_rng_state()
+            torch.set_rng_state(own)
+            spans.append((c0, time.process_time(), t0, time.perf_counter()))
+            return inner(batch, ctx)
+
+        trainer.train_step = step_both  # type: ignore[method-assign]
+        trainer.fit(evaluate=False)
+        for _ in hand_steps:  # finish the generator (fills the loss and weights)
+            pass
+        params = [p.detach().clone() for p in trainer.model.parameters()]
+        loss = trainer.last_record["loss"]
     return {
-        "cpu": (c1 - c0, c2 - c1),
-        "wall": (t1 - t0, t2 - t1),
-        "step": _per_step(stamps),
-        "loss": loss,
-        "params": params_out,
+        "trainer": [(b[0] - a[1], b[2] - a[3]) for a, b in itertools.pairwise(spans)],
+        "hand loop": [(s[1] - s[0], s[3] - s[2]) for s in spans],
+        "loss": (loss, hand["loss"]),
+        "same_params": all(torch.equal(p, q) for p, q in zip(params, hand["params"], strict=True)),
     }
+
+
+def bookkeeping(cfg: RunConfig, rounds: int) -> tuple[float, float]:
+    """The trainer's own work around the steps, in (CPU, wall) ms per run: ``fit`` with
+    ``train_step`` replaced by a no-op, minus one bare pass over the same loader (what a hand
+    loop with an empty body costs). Medians of ``rounds`` alternating calls after one warm-up.
+    What stays in ``train_step`` (non-finite guards, reading the loss) is not in it."""
+
+    def fit_without_steps() -> tuple[float, float]:
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(cfg, run_dir=Path(tmp) / "run")
+            trainer.train_step = lambda batch, ctx: {"loss": 0.0}  # type: ignore[method-assign]
+            c, t = time.process_time(), time.perf_counter()
+            trainer.fit(evaluate=False)
+            return time.process_time() - c, time.perf_counter() - t
+
+    def bare_pass() -> tuple[float, float]:
+        data = build_data(cfg.data, cfg.seed)
+        loader = make_loader(data.train, cfg.train.batch_size, train=True, seed=cfg.seed)
+        c, t = time.process_time(), time.perf_counter()
+        for _ in loader:
+            pass
+        return time.process_time() - c, time.perf_counter() - t
+
+    fit_without_steps(), bare_pass()
+    fits, passes = [], []
+    for _ in range(rounds):
+        fits.append(fit_without_steps())
+        passes.append(bare_pass())
+    return tuple(  # type: ignore[return-value]
+        1000 * (statistics.median(f[i] for f in fits) - statistics.median(b[i] for b in passes))
+        for i in (0, 1)
+    )
 
 
 def compare(objective: str, batch: int, steps: int, rounds: int) -> dict[str, Any]:
-    """``rounds`` pairs of runs after one warm-up pair, the order flipping every pair.
+    """Both measurements for one objective after a warm-up: ``rounds`` whole-run pairs (the
+    order flipping every pair) and ``max(1, rounds // 2)`` lock-step runs.
 
-    Returns each side's median ms per step, the medians of the per-pair ratios trainer / hand
-    loop (per step, whole training phase, whole run), the last pair's losses, and whether losses
-    and final weights were identical in every pair.
+    Returns the median ms per loop iteration of each side and the median of the per-iteration
+    ratios (lock step); the medians of the per-pair ratios of the training phase and of the
+    whole run; the trainer's own work per run (:func:`bookkeeping`); the last losses, and whether
+    losses and final weights were identical every time.
     """
     cfg = make_config(objective, batch, steps)
     sides = [("trainer", run_trainer), ("hand loop", run_hand_loop)]
+    lockstep(cfg)  # warm-up
+    locks = [lockstep(cfg) for _ in range(max(1, rounds // 2))]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
-    for r in range(rounds + 1):
+    for r in range(rounds):
         for name, fn in sides if r % 2 == 0 else sides[::-1]:
-            result = fn(cfg)
-            if r > 0:
-                runs[name].append(result)
-    ms_step = {
-        name: 1000 * statistics.median(x["step"][0] for x in results)
-        for name, results in runs.items()
-    }
+            runs[name].append(fn(cfg))
+    # trainer iteration i (between hand steps i and i + 1) with hand step i; the last hand step
+    # has no trainer iteration after it
+    iters = [
+        (t, h) for lock in locks for t, h in zip(lock["trainer"], lock["hand loop"], strict=False)
+    ]
     pairs = list(zip(runs["trainer"], runs["hand loop"], strict=True))
 
     def ratio(of: Any) -> float:
         return statistics.median(of(t) / of(h) for t, h in pairs)
 
     ratios = {
-        "step cpu": ratio(lambda x: x["step"][0]),
-        "step wall": ratio(lambda x: x["step"][1]),
+        "step cpu": statistics.median(t[0] / h[0] for t, h in iters),
+        "step wall": statistics.median(t[1] / h[1] for t, h in iters),
         "train cpu": ratio(lambda x: x["cpu"][1]),
         "train wall": ratio(lambda x: x["wall"][1]),
         "whole cpu": ratio(lambda x: sum(x["cpu"])),
     }
-    same_loss = all(t["loss"] == h["loss"] for t, h in pairs)
-    same_params = all(
+    losses = [lock["loss"] for lock in locks] + [(t["loss"], h["loss"]) for t, h in pairs]
+    same_params = all(lock["same_params"] for lock in locks) and all(
         torch.equal(p, q) for t, h in pairs for p, q in zip(t["params"], h["params"], strict=True)
     )
-    t, h = pairs[-1]
     return {
-        "ms_step": ms_step,
+        "bookkeeping": bookkeeping(cfg, rounds),
+        "hand train": [
+            statistics.median(h["cpu"][1] for _, h in pairs),
+            statistics.median(h["wall"][1] for _, h in pairs),
+        ],
+        "ms_step": {
+            "trainer": 1000 * statistics.median(t[0] for t, _ in iters),
+            "hand loop": 1000 * statistics.median(h[0] for _, h in iters),
+        },
         "ratio": ratios,
-        "loss": (t["loss"], h["loss"]),
-        "same_loss": same_loss,
+        "loss": losses[-1],
+        "same_loss": all(a == b for a, b in losses),
         "same_params": same_params,
+        "runs": len(losses),
     }
 
 
@@ -234,7 +308,7 @@ HEADERS = [
 def run(batch: int = 128, steps: int = 16, rounds: int = 4) -> tuple[str, dict]:
     """Section 4 as markdown text, plus the raw numbers."""
     logging.getLogger("debiascl").setLevel(logging.WARNING)
-    rows, sanity, results = [], [], {}
+    rows, books, sanity, results = [], [], [], {}
     for objective in OBJECTIVES:
         res = compare(objective, batch, steps, rounds)
         results[objective] = res
@@ -251,11 +325,16 @@ def run(batch: int = 128, steps: int = 16, rounds: int = 4) -> tuple[str, dict]:
                 r["whole cpu"],
             ]
         )
+        (bc, bw), (hc, hw) = res["bookkeeping"], res["hand train"]
+        books.append(
+            f"- {objective}: {bc:.0f} ms CPU ({100 * bc / (1000 * hc):.1f}% of the hand loop's "
+            f"training phase), {bw:.0f} ms wall ({100 * bw / (1000 * hw):.1f}%)"
+        )
         lt, lh = res["loss"]
         sanity.append(
             f"- {objective}: epoch mean loss trainer {lt:.10f}, hand loop {lh:.10f} "
-            f"({'equal in every pair' if res['same_loss'] else 'DIFFER'}); final weights "
-            f"{'bit-identical in every pair' if res['same_params'] else 'DIFFER'}"
+            f"({'equal' if res['same_loss'] else 'DIFFER'} in all {res['runs']} comparisons); "
+            f"final weights {'bit-identical' if res['same_params'] else 'DIFFER'}"
         )
     text = "\n".join(
         [
@@ -268,14 +347,22 @@ def run(batch: int = 128, steps: int = 16, rounds: int = 4) -> tuple[str, dict]:
             "summary.json). **Hand loop**: the same library components (`create_model`, "
             "`build_objective`, `make_augment`, `make_loader`, AdamW, `warmup_cosine`) in a bare "
             "loop: augment, encode, objective, backward, optimiser and schedule step; the loss "
-            f"read once per epoch. {rounds} pairs of runs after one warm-up pair, the order "
-            "flipping every pair; ratios are medians of the per-pair ratios. Per step: median "
-            "time between consecutive step starts (one whole loop iteration: next batch, "
-            "bookkeeping, step). fit / loop: the whole training phase, once-per-run and "
-            "once-per-epoch costs included. Whole run: construction (data, model, objective) "
-            "added on both sides. CPU time of the process unless marked wall.",
+            "read once per epoch.",
+            "",
+            f"Per step: {max(1, rounds // 2)} lock-step runs, the two loops advanced one step "
+            "each in turn (each with its own RNG state); median of the per-iteration ratios, "
+            "an iteration being the next batch, the step and the bookkeeping around it. "
+            f"fit / loop and whole run: {rounds} pairs of separate runs, the order flipping every "
+            "pair, median of the per-pair ratios; fit / loop is the training phase with the "
+            "once-per-run and once-per-epoch costs, whole run adds construction (data, model, "
+            "objective) on both sides. CPU time of the process unless marked wall.",
             "",
             table(HEADERS, rows),
+            "",
+            "The trainer's own work per run (`fit` with a no-op `train_step`, minus a bare pass "
+            "over the same loader; the per-step guards inside `train_step` are not in it):",
+            "",
+            *books,
             "",
             "Same result (sanity: same seed, data order and augmentation draws):",
             "",
