@@ -291,7 +291,8 @@ def debiased_info_nce_from_sim(
         # Rows without negatives keep every entry (their keep row is all 0, so adding 1 makes
         # it all 1), so no -inf - -inf appears; their loss is replaced by 0 (torch.where then
         # sends them no gradient).
-        keep = keep.add_(empty.to(dtype)[:, None])
+        if keep.device.type != "cpu" or bool(empty.any()):  # (no host sync on accelerators)
+            keep = keep.add_(empty.to(dtype)[:, None])
         n_f = torch.where(empty, float(neg_mask.shape[1]), n_f)
         log_n = torch.log(n_f)
         scale = torch.as_tensor(logit_scale, device=sim.device)

@@ -68,10 +68,15 @@ def validate_sample_ids(ids: torch.Tensor, num_samples: int) -> None:
     all_ids = dist_utils.gather_no_grad(ids.long())
     if all_ids.numel() == 0:
         return
-    srt = all_ids.reshape(-1).sort().values
-    lo, hi = srt[0], srt[-1]
-    dup = (srt[1:] == srt[:-1]).any() if srt.numel() > 1 else srt.new_zeros((), dtype=torch.bool)
-    lo_v, hi_v, dup_v = torch.stack([lo, hi, dup.to(srt.dtype)]).tolist()
+    if all_ids.device.type == "cpu":  # a few Python passes over the ids beat tensor ops here
+        values = all_ids.reshape(-1).tolist()
+        lo_v, hi_v, dup_v = min(values), max(values), len(set(values)) != len(values)
+    else:
+        srt = all_ids.reshape(-1).sort().values
+        dup = (
+            (srt[1:] == srt[:-1]).any() if srt.numel() > 1 else srt.new_zeros((), dtype=torch.bool)
+        )
+        lo_v, hi_v, dup_v = torch.stack([srt[0], srt[-1], dup.to(srt.dtype)]).tolist()
     if lo_v < 0 or hi_v >= num_samples:
         bad = lo_v if lo_v < 0 else hi_v
         raise DataError(
