@@ -1,6 +1,7 @@
 """DCL / HCL / SSD as a :class:`PairLoss`, with eta constant or one value per sample id.
 
-The maths is :func:`debiascl.losses.debiased.debiased_info_nce`; this module owns the eta table
+The maths is :func:`debiascl.losses.debiased.debiased_info_nce` (computed by its fused form
+:func:`~debiascl.losses.debiased.debiased_info_nce_from_sim`); this module owns the eta table
 (an (N,) buffer indexed by ``batch.anchor_ids``) and the factories of ``dcl``, ``hcl`` and ``ssd``.
 
 For image-text data the table is indexed by the pair id, so a pair's eta (that of its text in SSD)
@@ -22,7 +23,7 @@ from debiascl import distributed as dist_utils
 from debiascl.errors import ConfigError, DataError, check
 from debiascl.eta.sources import EtaSpec, build_eta_table
 from debiascl.eta.summary import eta_summary
-from debiascl.losses.debiased import check_eta, debiased_info_nce
+from debiascl.losses.debiased import check_eta, debiased_info_nce_from_sim
 from debiascl.negatives.context import StepContext
 from debiascl.objectives.base import LossTerms, PairLoss
 from debiascl.pairs import PairwiseBatch
@@ -123,34 +124,37 @@ class DebiasedLoss(PairLoss):
         ctx: StepContext,
     ) -> LossTerms:
         """Per-anchor loss of one direction; ``keep`` (A, M) is the detector's keep-mask."""
-        logits = batch.sim.float() * logit_scale
-        pos = logits.gather(1, batch.pos_index[:, None])[:, 0]
         eta = self.anchor_eta(batch)
-        terms = debiased_info_nce(
-            pos,
-            logits,
+        terms = debiased_info_nce_from_sim(
+            batch.sim,
+            torch.as_tensor(logit_scale, dtype=torch.float32, device=batch.sim.device),
+            batch.pos_index,
             batch.neg_mask & keep,
             eta=eta,
             beta=self.beta,
-            logit_scale=logit_scale,
-            check_inputs=False,
         )
-        eta_mean = float(eta.float().mean()) if isinstance(eta, torch.Tensor) else float(eta)
         anchors = terms.loss.numel()
+        # Every scalar of the step in one read-back (one host synchronisation).
+        with torch.no_grad():
+            parts = [
+                terms.clamped.sum().double(),
+                terms.num_negatives.double().sum(),
+                terms.clamped.float().mean().double(),
+                terms.num_negatives.float().mean().double(),
+            ]
+            if isinstance(eta, torch.Tensor):
+                parts.append(eta.float().mean().double())
+            values = torch.stack(parts).tolist()
+        clamped_sum, negatives_sum, clamped_mean, negatives_mean = values[:4]
+        eta_mean = values[4] if isinstance(eta, torch.Tensor) else float(eta)
         self._acc_device = batch.sim.device
         self._acc += torch.tensor(
-            [
-                anchors,
-                float(terms.clamped.sum()),
-                eta_mean * anchors,
-                float(terms.num_negatives.double().sum()),
-            ],
-            dtype=torch.float64,
+            [anchors, clamped_sum, eta_mean * anchors, negatives_sum], dtype=torch.float64
         )
         logs = {
-            "clamped_fraction": float(terms.clamped.float().mean()) if terms.loss.numel() else 0.0,
+            "clamped_fraction": clamped_mean if anchors else 0.0,
             "eta_mean": eta_mean,
-            "negatives": float(terms.num_negatives.float().mean()) if terms.loss.numel() else 0.0,
+            "negatives": negatives_mean if anchors else 0.0,
         }
         return LossTerms(loss=terms.loss, objective=terms.loss.detach(), logs=logs)
 
