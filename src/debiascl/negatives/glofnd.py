@@ -244,7 +244,7 @@ class GloFNDDetector(ScheduledDetector):
         """One threshold update for the batch's anchors; returns their new (G,) lambdas."""
         alpha = self.anchor_alpha(groups)
         table = self.table(batch.name)
-        lam, m, v, visits = table.read(groups.ids).unbind(1)
+        lam, m, v, visits = table.read(groups.ids, batch.ids_checked_below).unbind(1)
         if self.rule.init == "batch_quantile":
             first = visits == 0
             fresh = first.nonzero().squeeze(1)
@@ -265,7 +265,8 @@ class GloFNDDetector(ScheduledDetector):
             # bound when negatives are correlated, e.g. two views of one image; v adapts).
             init_v = alpha * (1.0 - alpha) / n if warm else v
             new_v = torch.where(first, init_v, new_v)
-        table.write(groups.ids, torch.stack([new_lam, new_m, new_v, visits + 1], dim=1))
+        new_rows = torch.stack([new_lam, new_m, new_v, visits + 1], dim=1)
+        table.write(groups.ids, new_rows, batch.ids_checked_below)
         return new_lam
 
     @torch.no_grad()
@@ -279,7 +280,7 @@ class GloFNDDetector(ScheduledDetector):
         if updating:
             lam = self.update(batch, groups, sim)
         else:
-            lam = self.table(batch.name).read(groups.ids)[:, 0]
+            lam = self.table(batch.name).read(groups.ids, batch.ids_checked_below)[:, 0]
         rule = self.agreement_start
         if rule is not None and updating and not rule.started:
             rule.observe(batch, sim, groups.expand(lam))  # candidates before masking starts

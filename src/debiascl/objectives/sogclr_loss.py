@@ -130,13 +130,13 @@ class GlobalContrastiveLoss(PairLoss):
                 shift = shift - pos
             log_g = shift + torch.log(total) - torch.log(count.to(torch.float32))
             groups = anchor_groups(batch)
-            rows = table.read(groups.ids)
+            rows = table.read(groups.ids, batch.ids_checked_below)
             visits = rows[:, 1]
             first = groups.expand(visits == 0)
             log_u = moving_average_log_u(groups.expand(rows[:, 0]), log_g, gamma, first)
             if ctx.training:
                 new = torch.stack([groups.pool_logmeanexp(log_u), visits + 1], dim=1)
-                table.write(groups.ids, new)
+                table.write(groups.ids, new, batch.ids_checked_below)
         loss = sogclr_surrogate_from_exp(
             batch.sim, scale, e, total, shift, count, log_u, batch.pos_index, self.relative
         )

@@ -136,16 +136,17 @@ class ShardedSampleTable(SampleTable):
         return self.world_size > 1 and dist_utils.is_distributed()
 
     # ------------------------------------------------------------------ access
-    def read(self, ids: torch.Tensor) -> torch.Tensor:
+    def read(self, ids: torch.Tensor, checked_below: int | None = None) -> torch.Tensor:
         """Rows of ``ids`` (collective: every rank calls it with the same number of ids).
 
         Args:
             ids: (n,) int64 sample ids in [0, N).
+            checked_below: as for :meth:`SampleTable.read`.
 
         Returns:
             (n, C) float32 on ``ids.device``, equal to a replicated table's rows.
         """
-        if self.validate:
+        if self.needs_check(checked_below):
             self.check_ids(ids)
         dev = self.data.device
         if not self._collective():
@@ -166,14 +167,17 @@ class ShardedSampleTable(SampleTable):
         return rows[self.rank * n : (self.rank + 1) * n]
 
     @torch.no_grad()
-    def write(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+    def write(
+        self, ids: torch.Tensor, rows: torch.Tensor, checked_below: int | None = None
+    ) -> None:
         """Store the global batch's rows that this rank owns (collective, like ``read``).
 
         Args:
             ids: (n,) int64 distinct sample ids (local to this rank).
             rows: (n, C) new values; rows with NaN or inf are not stored.
+            checked_below: as for :meth:`SampleTable.write`.
         """
-        ids, rows = self._gather_rows(ids, rows, self._collective())
+        ids, rows = self._gather_rows(ids, rows, self._collective(), checked_below)
         owned = (ids % self.world_size) == self.rank
         dev = self.data.device
         self._store_rows((ids[owned] // self.world_size).to(dev), rows[owned].to(dev))

@@ -141,38 +141,52 @@ class SampleTable(nn.Module):
                 "(use a sampler without replacement, e.g. DistributedSampler with drop_last=True)"
             )
 
-    def read(self, ids: torch.Tensor) -> torch.Tensor:
+    def needs_check(self, checked_below: int | None) -> bool:
+        """Whether :meth:`read`/:meth:`write` validate ids: ``validate`` is on and the caller has
+        not already checked them (distinct, in [0, ``checked_below``) with ``checked_below <=
+        N``; :class:`~debiascl.objectives.ContrastiveObjective` does, once per global batch)."""
+        return self.validate and (checked_below is None or checked_below > self.num_samples)
+
+    def read(self, ids: torch.Tensor, checked_below: int | None = None) -> torch.Tensor:
         """Rows of ``ids``.
 
         Args:
             ids: (n,) int64 sample ids in [0, N).
+            checked_below: see :meth:`needs_check` (``None``: this call checks the ids).
 
         Returns:
             (n, C) float32 copy on ``ids.device`` (columns in :attr:`columns` order).
         """
-        if self.validate:
+        if self.needs_check(checked_below):
             self.check_ids(ids)
         rows = self.data.index_select(0, to_device(ids, self.data.device))
         return to_device(rows, ids.device)
 
     @torch.no_grad()
-    def write(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+    def write(
+        self, ids: torch.Tensor, rows: torch.Tensor, checked_below: int | None = None
+    ) -> None:
         """Store ``rows`` for the local ``ids``, and the other ranks' rows for theirs.
 
         Args:
             ids: (n,) int64 distinct sample ids (local to this rank).
             rows: (n, C) new values (cast to float32).
+            checked_below: see :meth:`needs_check` (``None``: this call checks the ids).
 
         Under a process group (and ``sync=True``) this is a collective: every rank must call it
         with the same n. Afterwards every rank's table holds the rows of the whole global batch.
         Rows containing NaN or inf are not stored (the previous values stay).
         """
-        ids, rows = self._gather_rows(ids, rows, self.sync)
+        ids, rows = self._gather_rows(ids, rows, self.sync, checked_below)
         dev = self.data.device
         self._store_rows(to_device(ids, dev), to_device(rows, dev))
 
     def _gather_rows(
-        self, ids: torch.Tensor, rows: torch.Tensor, collective: bool
+        self,
+        ids: torch.Tensor,
+        rows: torch.Tensor,
+        collective: bool,
+        checked_below: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Check ``rows`` against ``ids``, all-gather the global batch when ``collective`` and
         validate its ids; returns (int64 ids, float32 rows) of the (global) batch."""
@@ -184,7 +198,7 @@ class SampleTable(nn.Module):
         ids, rows = ids.long(), rows.detach().float()
         if collective:
             ids, rows = all_gather_rows(ids, rows)
-        if self.validate:
+        if self.needs_check(checked_below):
             self.check_ids(ids, unique=True)
         return ids, rows
 
