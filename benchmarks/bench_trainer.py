@@ -66,6 +66,9 @@ OBJECTIVES = {
         "loss.sogclr=null",
         "negatives.name=none",
         "negatives.glofnd=null",
+        "negatives.alpha=null",
+        "negatives.start_epoch=null",
+        "negatives.update_start_epoch=null",
     ],
 }
 
@@ -170,8 +173,9 @@ def lockstep(cfg: RunConfig) -> dict[str, Any]:
     hand-loop step (with its own torch RNG state, so both draw what they draw alone).
 
     Returns the (CPU, wall) seconds of each side's loop iterations (the trainer's: from the end
-    of one hand step to the start of the next, i.e. its step, bookkeeping and next batch), plus
-    both losses and final weights.
+    of one hand step to the start of the next, i.e. its step, bookkeeping and next batch), the
+    (CPU, wall) ratios trainer / hand loop of the whole training phase (``fit`` less the hand
+    steps run inside it, over the sum of the hand steps), plus both losses and final weights.
     """
     hand_steps, hand = build_hand_loop(cfg)
     rng = {"hand": torch.get_rng_state()}
@@ -191,12 +195,16 @@ def lockstep(cfg: RunConfig) -> dict[str, Any]:
             return inner(batch, ctx)
 
         trainer.train_step = step_both  # type: ignore[method-assign]
+        c0, t0 = time.process_time(), time.perf_counter()
         trainer.fit(evaluate=False)
+        fit = (time.process_time() - c0, time.perf_counter() - t0)
         for _ in hand_steps:  # finish the generator (fills the loss and weights)
             pass
         params = [p.detach().clone() for p in trainer.model.parameters()]
         loss = trainer.last_record["loss"]
+    hand_cpu, hand_wall = sum(s[1] - s[0] for s in spans), sum(s[3] - s[2] for s in spans)
     return {
+        "fit": ((fit[0] - hand_cpu) / hand_cpu, (fit[1] - hand_wall) / hand_wall),
         "trainer": [(b[0] - a[1], b[2] - a[3]) for a, b in itertools.pairwise(spans)],
         "hand loop": [(s[1] - s[0], s[3] - s[2]) for s in spans],
         "loss": (loss, hand["loss"]),
@@ -238,20 +246,21 @@ def bookkeeping(cfg: RunConfig, rounds: int) -> tuple[float, float]:
 
 
 def compare(objective: str, batch: int, steps: int, rounds: int) -> dict[str, Any]:
-    """Both measurements for one objective after a warm-up: ``rounds`` whole-run pairs (the
-    order flipping every pair) and ``max(1, rounds // 2)`` lock-step runs.
+    """Both measurements for one objective after a warm-up: ``rounds`` lock-step runs and
+    ``max(1, rounds // 2)`` pairs of separate runs (the order flipping every pair).
 
-    Returns the median ms per loop iteration of each side and the median of the per-iteration
-    ratios (lock step); the medians of the per-pair ratios of the training phase and of the
-    whole run; the trainer's own work per run (:func:`bookkeeping`); the last losses, and whether
-    losses and final weights were identical every time.
+    Returns (lock step) the median ms per loop iteration of each side, the median of the
+    per-iteration ratios and the median ratio of the training phases; (separate runs) the
+    medians of the per-pair ratios of the training phase and of the whole run; the trainer's own
+    work per run (:func:`bookkeeping`); the last losses, and whether losses and final weights
+    were identical every time.
     """
     cfg = make_config(objective, batch, steps)
     sides = [("trainer", run_trainer), ("hand loop", run_hand_loop)]
     lockstep(cfg)  # warm-up
-    locks = [lockstep(cfg) for _ in range(max(1, rounds // 2))]
+    locks = [lockstep(cfg) for _ in range(rounds)]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
-    for r in range(rounds):
+    for r in range(max(1, rounds // 2)):
         for name, fn in sides if r % 2 == 0 else sides[::-1]:
             runs[name].append(fn(cfg))
     # trainer iteration i (between hand steps i and i + 1) with hand step i; the last hand step
@@ -267,6 +276,8 @@ def compare(objective: str, batch: int, steps: int, rounds: int) -> dict[str, An
     ratios = {
         "step cpu": statistics.median(t[0] / h[0] for t, h in iters),
         "step wall": statistics.median(t[1] / h[1] for t, h in iters),
+        "fit cpu": statistics.median(lock["fit"][0] for lock in locks),
+        "fit wall": statistics.median(lock["fit"][1] for lock in locks),
         "train cpu": ratio(lambda x: x["cpu"][1]),
         "train wall": ratio(lambda x: x["wall"][1]),
         "whole cpu": ratio(lambda x: sum(x["cpu"])),
@@ -276,7 +287,7 @@ def compare(objective: str, batch: int, steps: int, rounds: int) -> dict[str, An
         torch.equal(p, q) for t, h in pairs for p, q in zip(t["params"], h["params"], strict=True)
     )
     return {
-        "bookkeeping": bookkeeping(cfg, rounds),
+        "bookkeeping": bookkeeping(cfg, max(2, rounds)),
         "hand train": [
             statistics.median(h["cpu"][1] for _, h in pairs),
             statistics.median(h["wall"][1] for _, h in pairs),
@@ -297,11 +308,12 @@ HEADERS = [
     "objective",
     "trainer ms/step",
     "hand loop ms/step",
-    "trainer / hand per step",
+    "trainer / hand: per step",
     "per step (wall)",
     "fit / loop",
     "fit / loop (wall)",
-    "whole run",
+    "fit / loop, separate runs",
+    "whole run, separate runs",
 ]
 
 
@@ -320,8 +332,9 @@ def run(batch: int = 128, steps: int = 16, rounds: int = 4) -> tuple[str, dict]:
                 res["ms_step"]["hand loop"],
                 r["step cpu"],
                 r["step wall"],
+                r["fit cpu"],
+                r["fit wall"],
                 r["train cpu"],
-                r["train wall"],
                 r["whole cpu"],
             ]
         )
@@ -349,13 +362,15 @@ def run(batch: int = 128, steps: int = 16, rounds: int = 4) -> tuple[str, dict]:
             "loop: augment, encode, objective, backward, optimiser and schedule step; the loss "
             "read once per epoch.",
             "",
-            f"Per step: {max(1, rounds // 2)} lock-step runs, the two loops advanced one step "
-            "each in turn (each with its own RNG state); median of the per-iteration ratios, "
-            "an iteration being the next batch, the step and the bookkeeping around it. "
-            f"fit / loop and whole run: {rounds} pairs of separate runs, the order flipping every "
-            "pair, median of the per-pair ratios; fit / loop is the training phase with the "
-            "once-per-run and once-per-epoch costs, whole run adds construction (data, model, "
-            "objective) on both sides. CPU time of the process unless marked wall.",
+            f"Lock step ({rounds} runs): the two loops advanced one step each in turn, each "
+            "with its own RNG state, so both run under the same machine load. Per step: median "
+            "of the per-iteration ratios, an iteration being the next batch, the step and the "
+            "bookkeeping around it. fit / loop: median ratio of the whole training phases "
+            "(`fit()`, once-per-run and once-per-epoch costs included, less the hand steps run "
+            f"inside it, vs the sum of the hand steps). Separate runs ({max(1, rounds // 2)} "
+            "pairs, the order flipping every pair, median of the per-pair ratios; noisier on a "
+            "shared machine): the training phase, and the whole run with construction (data, "
+            "model, objective) on both sides. CPU time of the process unless marked wall.",
             "",
             table(HEADERS, rows),
             "",
