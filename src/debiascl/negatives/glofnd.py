@@ -38,7 +38,8 @@ from debiascl.negatives.thresholds import (
 )
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import AnchorGroups, anchor_groups, direction_names
-from debiascl.state.sharded import Sharding, make_table
+from debiascl.state.sharded import ShardedSampleTable, Sharding, make_table
+from debiascl.state.summary import summarize
 from debiascl.state.tables import Placement, SampleTable
 
 LAMBDA_COLUMNS = ("lambda", "m", "v", "visits")
@@ -223,7 +224,8 @@ class GloFNDDetector(ScheduledDetector):
     def _check_converged(self, epoch: int) -> None:
         """At an epoch's first step: compare the mean thresholds with the previous epoch's.
 
-        Every rank sees the whole tables (sharded ones gathered), so all take the same decision."""
+        The diagnostics are exact and partition-free (sharded tables reduced over ranks), so
+        every rank, and a replicated run, takes the same decision."""
         assert self.start_state is not None
         diag = self.diagnostics()
         means = [diag.get(f"lambda/{n}/mean", float("nan")) for n in self.tables]
@@ -289,37 +291,26 @@ class GloFNDDetector(ScheduledDetector):
         return sim <= groups.expand(lam)[:, None]
 
     @torch.no_grad()
-    def diagnostics(self, max_points: int = 1 << 20) -> dict[str, float]:
+    def diagnostics(self) -> dict[str, float]:
         """Distribution of the learned thresholds over visited samples (per direction).
 
-        O(N) once per call (meant per epoch); quantiles use an evenly strided subsample of at
-        most ``max_points`` visited samples. Replicated tables are identical on every rank; a
-        sharded table is gathered (a collective: every rank calls this at the same point).
+        ``lambda/<direction>/`` ``visited_fraction``, ``mean``, ``std``, ``min``, ``max`` and the
+        exact ``p10`` / ``p50`` / ``p90`` (linear interpolation) over every visited id. O(rows
+        held) once per call (meant per epoch). A sharded table is summarised from each rank's
+        own rows by a few small all-reduces (:func:`~debiascl.state.summary.summarize`: no rank
+        holds the whole table), with the same bits as the replicated table; so it is a
+        collective, and every rank calls it at the same point.
         """
         out: dict[str, float] = {}
         if self.agreement_start is not None:
             out.update(self.agreement_start.diagnostics())
         for name, table in self.tables.items():
-            data = table.all_rows()
-            visited = data[:, 3] > 0
-            lam = data[:, 0][visited]
+            sharded = isinstance(table, ShardedSampleTable) and table.world_size > 1
+            data = table.data
+            stats = summarize(data[:, 0][data[:, 3] > 0], collective=sharded)
             prefix = f"lambda/{name}"
-            out[f"{prefix}/visited_fraction"] = float(visited.float().mean())
-            if lam.numel() == 0:
-                continue
-            sample = lam[:: max(1, lam.numel() // max_points)]
-            q = torch.quantile(sample.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-            out.update(
-                {
-                    f"{prefix}/mean": float(lam.double().mean()),
-                    f"{prefix}/std": float(lam.double().std()) if lam.numel() > 1 else 0.0,
-                    f"{prefix}/min": float(lam.min()),
-                    f"{prefix}/max": float(lam.max()),
-                    f"{prefix}/p10": float(q[0]),
-                    f"{prefix}/p50": float(q[1]),
-                    f"{prefix}/p90": float(q[2]),
-                }
-            )
+            out[f"{prefix}/visited_fraction"] = stats.pop("count") / table.num_samples
+            out.update({f"{prefix}/{key}": value for key, value in stats.items()})
         return out
 
     def reset(self) -> None:

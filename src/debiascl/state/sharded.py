@@ -194,8 +194,9 @@ class ShardedSampleTable(SampleTable):
 
     @torch.no_grad()
     def full_table(self) -> torch.Tensor:
-        """The whole (N, C) table on every rank (collective; O(N) memory, for checkpoints and
-        diagnostics, not for training steps)."""
+        """The whole (N, C) table on every rank (collective; O(N) memory on every rank: for tests
+        and one-off exports, not for training steps or per-epoch diagnostics, which
+        :func:`~debiascl.state.summary.summarize` computes from the shards)."""
         if not self._collective():
             return self.data.clone()
         longest = self.owned_count(0)
@@ -210,10 +211,6 @@ class ShardedSampleTable(SampleTable):
         for r, part in enumerate(parts):
             full[r :: self.world_size] = part[: self.owned_count(r)].cpu()
         return full.to(self.data.device)
-
-    def all_rows(self) -> torch.Tensor:
-        """:meth:`full_table` (collective; O(N) memory on every rank while it is used)."""
-        return self.full_table()
 
     # -------------------------------------------------------------- persistence
     def get_extra_state(self) -> dict[str, Any]:

@@ -210,11 +210,6 @@ class SampleTable(nn.Module):
         rows = torch.where(finite, rows, self.data.index_select(0, local))
         self.data.index_copy_(0, local, rows)
 
-    def all_rows(self) -> torch.Tensor:
-        """The whole (N, C) table, for per-epoch diagnostics over every sample id (this
-        table's own buffer; a sharded table gathers it: call on every rank)."""
-        return self.data
-
     @torch.no_grad()
     def reset(self, ids: torch.Tensor | None = None) -> None:
         """Restore the defaults for ``ids`` (all samples when None; local, no collective)."""
