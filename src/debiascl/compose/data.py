@@ -27,6 +27,17 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
             dataset's own configuration error.
     """
     train, test = DATASETS.build_with(cfg.dataset, cfg.model_dump())
+    if getattr(train, "streaming", False):  # shards: nothing to subset or caption up front
+        return DataBundle(
+            train=train,
+            test=test,
+            info=train.info(),
+            class_names=None,
+            channels=cfg.channels,
+            image_size=cfg.image_size,
+            mode=cfg.mode,
+            text_corpus=train.corpus,
+        )
     if cfg.classes:  # class subset of both splits (a regime's false-negative base rate)
         train = select_classes(train, cfg.classes, "train")
         test = select_classes(test, cfg.classes, "test") if test is not None else None

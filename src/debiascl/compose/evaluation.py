@@ -73,7 +73,7 @@ def evaluate_run_model(
         device=device,
         out_dir=out_dir,
         reference_model=reference_model(
-            cfg, data.channels, data.info.texts if corpus is None else corpus
+            cfg, data.channels, data.corpus if corpus is None else corpus
         )
         if references
         else None,

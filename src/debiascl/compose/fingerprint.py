@@ -18,7 +18,9 @@ from debiascl.config.schema import RunConfig
 #: ``root`` is only a download/cache location for the built-in datasets (moving the files to
 #: node-local scratch is fine); for ``manifest``/``image_folder`` it names the data (see
 #: :func:`data_fingerprint`).
-EVAL_ONLY_DATA_KEYS = frozenset({"num_workers", "on_bad_image", "test_size", "test_manifest"})
+EVAL_ONLY_DATA_KEYS = frozenset(
+    {"num_workers", "on_bad_image", "test_size", "test_manifest", "test_shards"}
+)
 _BUILTIN_DATASETS = {"fashion_mnist", "digits", "synthetic_attr"}
 
 

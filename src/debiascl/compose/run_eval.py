@@ -251,7 +251,7 @@ def evaluate_run_dir(
     device = _device(model_cfg.train.device)
     seed_everything(model_cfg.seed)  # the model is built as training built it
     data = build_data(model_cfg.data, model_cfg.seed)
-    model = build_model(model_cfg.model, model_cfg.data.mode, data.channels, data.info.texts)
+    model = build_model(model_cfg.model, model_cfg.data.mode, data.channels, data.corpus)
     path = resolve_resume(checkpoint or "latest", run_dir)
     expected = eval_fingerprint_parts(model_cfg, data.info.num_samples, legacy)
     model_state, objective_state = load_weights(path, expected)
@@ -267,7 +267,7 @@ def evaluate_run_dir(
             f"({str(err).splitlines()[0][:200]}); evaluate with the run's own config.yaml"
         ) from None
     model.to(device)
-    corpus = data.info.texts
+    corpus = data.corpus
     if cfg.data != model_cfg.data:  # evaluation data (another test manifest, label column, ...)
         data = build_data(cfg.data, cfg.seed)
     results = evaluate_run_model(

@@ -71,6 +71,14 @@ class DataBundle:
     attr_names: list[str] = field(default_factory=list)
     attr_vocab: dict[str, dict[str, int]] = field(default_factory=dict)
     eval_split: str = "test"
+    #: texts a bag-of-words text tower takes its vocabulary from when ``info`` holds no
+    #: per-sample texts (streamed shards: the index's caption words); see :attr:`corpus`
+    text_corpus: list[str] | None = None
+
+    @property
+    def corpus(self) -> list[str] | None:
+        """The training texts a bag-of-words text tower builds its vocabulary from."""
+        return self.text_corpus if self.text_corpus is not None else self.info.texts
 
     @property
     def prompt_names(self) -> list[str] | None:
@@ -302,6 +310,10 @@ def make_loader(
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if getattr(dataset, "streaming", False):  # shards: streamed (training: this rank's share)
+        from debiascl.data.shard_source import make_stream_loader
+
+        return make_stream_loader(dataset, batch_size, seed, num_workers, train)  # type: ignore[arg-type]
     sampler: Sampler[int]
     if dist_utils.is_distributed() and (train or shard):
         sampler = DistributedSampler(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,23 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from debiascl.data.shard_order import delivered_per_worker, epoch_order, split_range
 from debiascl.errors import ConfigError, DataError, DebiasclError
+
+__all__ = [
+    "ShardIndex",
+    "ShardStream",
+    "delivered_per_worker",
+    "epoch_order",
+    "main",
+    "split_range",
+]
 
 INDEX_NAME = "shards.json"
 INDEX_FORMAT = "debiascl-shards/1"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
+#: words of a caption as the bag-of-words text tower splits them (lower-cased [a-z0-9] runs)
+_WORD = re.compile(r"[a-z0-9]+")
 
 
 def _wds() -> Any:
@@ -68,11 +81,14 @@ class ShardIndex:
         root: the shard directory.
         shards: tar file names relative to ``root``, in id order.
         keys: sample keys of each shard, in file order.
+        vocab: the sorted words of all ``.txt`` captions (a bag-of-words text tower's
+            vocabulary without holding the captions), or None in an index without it.
     """
 
     root: Path
     shards: list[str]
     keys: list[list[str]]
+    vocab: list[str] | None = None
 
     @property
     def counts(self) -> np.ndarray:
@@ -103,9 +119,14 @@ class ShardIndex:
             raise DataError(f"no {pattern} shards under {root}; point it at a webdataset folder")
         keys: list[list[str]] = []
         seen: dict[str, str] = {}
+        words: set[str] = set()
         for path in paths:
             try:
-                shard_keys = [s["__key__"] for s in _samples(path)]
+                shard_keys = []
+                for s in _samples(path):
+                    shard_keys.append(s["__key__"])
+                    if "txt" in s:
+                        words.update(_WORD.findall(s["txt"].decode("utf-8").lower()))
             except (OSError, tarfile.TarError, ValueError) as exc:
                 raise DataError(f"cannot read shard {path}: {exc}; rewrite or remove it") from exc
             for key in shard_keys:
@@ -116,7 +137,7 @@ class ShardIndex:
                     )
                 seen[key] = path.name
             keys.append(shard_keys)
-        return cls(root, [str(p.relative_to(root)) for p in paths], keys)
+        return cls(root, [str(p.relative_to(root)) for p in paths], keys, sorted(words))
 
     def save(self, path: str | Path | None = None) -> Path:
         out = Path(path) if path is not None else self.root / INDEX_NAME
@@ -124,6 +145,7 @@ class ShardIndex:
             "format": INDEX_FORMAT,
             "num_samples": self.num_samples,
             "shards": [{"name": n, "keys": k} for n, k in zip(self.shards, self.keys, strict=True)],
+            "vocab": self.vocab,
         }
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload))
@@ -142,50 +164,12 @@ class ShardIndex:
         payload = json.loads(src.read_text())
         if payload.get("format") != INDEX_FORMAT:
             raise DataError(f"{src} is not a {INDEX_FORMAT} index; rebuild it")
-        index = cls(
-            root, [s["name"] for s in payload["shards"]], [s["keys"] for s in payload["shards"]]
-        )
+        shards = payload["shards"]
+        index = cls(root, [s["name"] for s in shards], [s["keys"] for s in shards])
+        index.vocab = payload.get("vocab")
         if index.num_samples != payload["num_samples"]:
             raise DataError(f"{src} is inconsistent (N != sum of shard sizes); rebuild it")
         return index
-
-
-def epoch_order(num_shards: int, seed: int, epoch: int) -> np.ndarray:
-    """The shard permutation of ``epoch`` (identical on every rank and worker)."""
-    rng = np.random.default_rng([int(seed), int(epoch)])
-    return rng.permutation(num_shards)
-
-
-def split_range(total: int, part: int, parts: int) -> tuple[int, int]:
-    """``[start, stop)`` of part ``part`` of ``parts`` near-equal contiguous parts of ``total``."""
-    base, extra = divmod(total, parts)
-    start = part * base + min(part, extra)
-    return start, start + base + (1 if part < extra else 0)
-
-
-def delivered_per_worker(counts: list[int], consumed: int) -> tuple[list[int], int]:
-    """Batches each worker has delivered after ``consumed`` batches taken round-robin.
-
-    ``counts[w]`` is worker w's number of batches; a ``DataLoader`` visits the workers in order,
-    skipping the exhausted ones. Returns the per-worker counts and the worker it visits next.
-    """
-    done = [0] * len(counts)
-    left, last = consumed, len(counts) - 1
-    while left > 0:
-        active = [w for w, c in enumerate(counts) if done[w] < c]
-        if not active:
-            raise DataError(f"position is past the end of the epoch ({sum(counts)} batches)")
-        rounds = min(left // len(active), min(counts[w] - done[w] for w in active))
-        if rounds == 0:
-            for w in active[:left]:
-                done[w] += 1
-            last = active[left - 1]
-            break
-        for w in active:
-            done[w] += rounds
-        left -= rounds * len(active)
-        last = active[-1]
-    return done, (last + 1) % len(counts)
 
 
 class ShardStream(IterableDataset):
@@ -234,14 +218,27 @@ class ShardStream(IterableDataset):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.image_size, self.channels = seed, image_size, channels
         self.drop_last = drop_last
-        self.epoch = 0
-        self.position = 0
-        self.position_workers: int | None = None
+        # (epoch, position, position workers or -1) in shared memory: persistent loader workers
+        # read the values set in the main process when each pass starts
+        self._where = torch.tensor([0, 0, -1], dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._where[0])
+
+    @property
+    def position(self) -> int:
+        return int(self._where[1])
+
+    @property
+    def position_workers(self) -> int | None:
+        workers = int(self._where[2])
+        return None if workers < 0 else workers
 
     # --------------------------------------------------------------- positions
     def set_epoch(self, epoch: int) -> None:
         """Start ``epoch`` from its beginning (resets the position)."""
-        self.epoch, self.position, self.position_workers = int(epoch), 0, None
+        self._where.copy_(torch.tensor([int(epoch), 0, -1]))
 
     def set_position(self, samples_consumed: int, num_workers: int) -> None:
         """Resume the current epoch after ``samples_consumed`` samples of this rank.
@@ -253,7 +250,7 @@ class ShardStream(IterableDataset):
                 f"resume position {samples_consumed} is not a whole number of batches of "
                 f"{self.batch_size}; resume with the interrupted run's batch size"
             )
-        self.position, self.position_workers = int(samples_consumed), int(num_workers)
+        self._where[1:] = torch.tensor([int(samples_consumed), int(num_workers)])
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "batch_size": self.batch_size}
@@ -280,7 +277,13 @@ class ShardStream(IterableDataset):
         raw = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
         if raw is None:
             raise DataError(f"sample {sample['__key__']!r} has no image ({'/'.join(IMAGE_KEYS)})")
-        img = Image.open(io.BytesIO(raw)).convert("L" if self.channels == 1 else "RGB")
+        try:
+            img = Image.open(io.BytesIO(raw)).convert("L" if self.channels == 1 else "RGB")
+        except OSError as exc:
+            raise DataError(
+                f"sample {sample['__key__']!r} of shard {sample.get('__url__')} has an unreadable "
+                f"image ({exc}); rewrite that shard"
+            ) from None
         if img.size != (self.image_size, self.image_size):
             img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], self.channels)
@@ -288,9 +291,9 @@ class ShardStream(IterableDataset):
         text = sample["txt"].decode("utf-8") if "txt" in sample else ""
         return torch.from_numpy(arr.copy()).permute(2, 0, 1), label, text
 
-    def _stream(self, start: int, stop: int) -> Any:
-        """(id, sample) for positions [start, stop) of this epoch's global sample sequence."""
-        order = epoch_order(len(self.index.shards), self.seed, self.epoch)
+    def _stream(self, start: int, stop: int, epoch: int) -> Any:
+        """(id, sample) for positions [start, stop) of ``epoch``'s global sample sequence."""
+        order = epoch_order(len(self.index.shards), self.seed, epoch)
         counts = self.index.counts[order]
         ends = np.cumsum(counts)
         offsets = self.index.offsets
@@ -303,7 +306,7 @@ class ShardStream(IterableDataset):
                 break
             path = self.index.root / self.index.shards[shard]
             keys = self.index.keys[shard]
-            for j, sample in enumerate(_samples(path)):
+            for j, sample in enumerate(_readable(path)):
                 if first + j < pos:
                     continue
                 if first + j >= stop:
@@ -320,15 +323,14 @@ class ShardStream(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         spans = self.worker_batches(workers)
         done, role = [0] * workers, worker
-        if self.position:
-            if self.position_workers not in (None, workers):
+        epoch, position, position_workers = self.epoch, self.position, self.position_workers
+        if position:
+            if position_workers not in (None, workers):
                 raise DataError(
-                    f"the interrupted run read with {self.position_workers} loader workers, this "
+                    f"the interrupted run read with {position_workers} loader workers, this "
                     f"one with {workers}; resume with the same data.num_workers"
                 )
-            done, nxt = delivered_per_worker(
-                [b - a for a, b in spans], self.position // self.batch_size
-            )
+            done, nxt = delivered_per_worker([b - a for a, b in spans], position // self.batch_size)
             # The loader restarts its round-robin at worker 0: worker 0 takes the role of the
             # worker the interrupted loader would have visited next, and so on cyclically.
             role = (worker + nxt) % workers
@@ -338,13 +340,21 @@ class ShardStream(IterableDataset):
         start = rank_start + first_batch * self.batch_size
         stop = min(rank_start + last_batch * self.batch_size, rank_stop)
         batch: list[tuple[int, tuple[torch.Tensor, int, str]]] = []
-        for sid, sample in self._stream(start, stop):
+        for sid, sample in self._stream(start, stop, epoch):
             batch.append((sid, self._decode(sample)))
             if len(batch) == self.batch_size:
                 yield _collate(batch)
                 batch = []
         if batch:
             yield _collate(batch)
+
+
+def _readable(path: Path) -> Any:
+    """:func:`_samples` of ``path``; a missing, truncated or corrupt file is a one-line error."""
+    try:
+        yield from _samples(path)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        raise DataError(f"cannot read shard {path}: {exc}; restore or rewrite the file") from None
 
 
 def _collate(items: list[tuple[int, tuple[torch.Tensor, int, str]]]) -> dict[str, Any]:

@@ -18,6 +18,12 @@ from debiascl.data.builtin import (
 from debiascl.data.datasets import SampleDataset, TensorImageDataset
 from debiascl.data.image_folder import ImageFolderDataset
 from debiascl.data.manifest import ManifestDataset
+from debiascl.data.shard_source import (
+    ShardSource,
+    check_streamable,
+    load_shard_split,
+    open_shards,
+)
 from debiascl.errors import ConfigError
 from debiascl.registry import DATASETS
 
@@ -82,6 +88,63 @@ def manifest(
             attr_vocab=train.attr_vocab,
             label_vocab=train.label_vocab,
             **common,
+        )
+    return train, test
+
+
+@DATASETS.register("shards")
+def shards(
+    shards: str | None,
+    test_shards: str | None = None,
+    test_manifest: str | None = None,
+    mode: str = "image_image",
+    channels: int = 1,
+    image_size: int = 28,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    validation_size: int | None = None,
+    classes: list[str | int] | None = None,
+    subsample_classes: list[int] | None = None,
+    image_column: str = "path",
+    text_column: str | None = "text",
+    label_column: str | None = "label",
+) -> tuple[ShardSource, SampleDataset | None]:
+    """Webdataset tar shards streamed for training (``data.shards``: a folder indexed by
+    ``python -m debiascl.data.shards index DIR`` or a brace pattern of its shards); the test
+    split, if any, is ``data.test_shards`` (read into memory) or ``data.test_manifest``."""
+    if shards is None:
+        raise ConfigError(
+            "dataset=shards needs data.shards=<folder of .tar shards with shards.json, or a "
+            "brace pattern like /data/{00000..00099}.tar>"
+        )
+    if test_shards is not None and test_manifest is not None:
+        raise ConfigError("set data.test_shards or data.test_manifest, not both")
+    check_streamable(
+        {
+            "data.train_size": train_size,
+            "data.test_size": test_size,
+            "data.validation_size": validation_size,
+            "data.classes": list(classes or []),
+            "data.subsample_classes": list(subsample_classes or []),
+        }
+    )
+    train = ShardSource(open_shards(shards), channels=channels, image_size=image_size)
+    test: SampleDataset | None = None
+    if test_shards is not None:
+        test = load_shard_split(test_shards, channels=channels, image_size=image_size)
+    elif test_manifest is not None:
+        test = ManifestDataset(
+            test_manifest,
+            image_column=image_column,
+            text_column=text_column if mode == "image_text" else None,
+            label_column=label_column,
+            channels=channels,
+            image_size=image_size,
+        )
+    if mode == "image_text" and test is not None and test.texts is None:
+        raise ConfigError(
+            "data.mode=image_text evaluates retrieval on captions: every test sample needs one "
+            "(a .txt file per sample in data.test_shards, or a text column in data.test_manifest)"
         )
     return train, test
 

@@ -61,8 +61,16 @@ class EpochStartSampler(Sampler[int]):
 def make_resumable(loader: DataLoader) -> EpochStartSampler:
     """Insert an :class:`EpochStartSampler` under ``loader``'s batch sampler and return it.
 
-    ``len(loader)`` is unchanged (the full epoch); a resumed epoch yields fewer batches.
+    ``len(loader)`` is unchanged (the full epoch); a resumed epoch yields fewer batches. A loader
+    over streamed shards gets a :class:`~debiascl.data.shard_source.StreamStart` instead (the
+    same methods; the stream restarts each worker at its own offset).
     """
+    from debiascl.data.shards import ShardStream
+
+    if isinstance(loader.dataset, ShardStream):
+        from debiascl.data.shard_source import StreamStart
+
+        return StreamStart(loader)  # type: ignore[return-value]
     batch_sampler = loader.batch_sampler
     if not isinstance(batch_sampler, BatchSampler):
         raise TypeError("make_resumable needs a DataLoader built with batch_size and a sampler")

@@ -85,7 +85,7 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
         self.data: DataBundle = build_data(cfg.data, cfg.seed)
         self.info = self.data.info
         self.model = build_model(
-            cfg.model, cfg.data.mode, self.data.channels, corpus=self.info.texts
+            cfg.model, cfg.data.mode, self.data.channels, corpus=self.data.corpus
         ).to(self.device)
         self.objective: ContrastiveObjective = build_objective(cfg, self.info).to(self.device)
         # stable (EMA or initial) copy of the model for stable_glofnd; in the objective's state
@@ -167,10 +167,13 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
                 training, not after it).
         """
         if evaluate and self.data.test is None:
+            test = "data.test_manifest=FILE"
+            if self.cfg.data.dataset == "shards":
+                test = "data.test_shards=DIR (or data.test_manifest=FILE)"
             raise DataError(
                 f"data.dataset={self.cfg.data.dataset} has no test split to evaluate on: set "
-                "data.test_manifest=FILE, or train with --no-eval and evaluate later with "
-                "debiascl eval RUN_DIR data.test_manifest=FILE"
+                f"{test}, or train with --no-eval and evaluate later with "
+                f"debiascl eval RUN_DIR {test.split(' ')[0]}"
             )
         try:
             self._prepare_run_dir()

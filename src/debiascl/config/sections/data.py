@@ -18,13 +18,16 @@ DATASET_KEYS: dict[str, frozenset[str]] = {
         key: frozenset({"manifest"})
         for key in (
             "manifest",
-            "test_manifest",
-            "image_column",
-            "text_column",
-            "label_column",
             "id_column",
         )  # not attribute_columns: fairness terms take their attribute names from it
     },
+    # shards: an optional test manifest read with these columns
+    **{
+        key: frozenset({"manifest", "shards"})
+        for key in ("test_manifest", "image_column", "text_column", "label_column")
+    },
+    "shards": frozenset({"shards"}),
+    "test_shards": frozenset({"shards"}),
     "root": frozenset({"fashion_mnist", "image_folder", "synthetic_attr"}),
     "on_bad_image": _IMAGE_FILES,
     "high_bit_scaling": _IMAGE_FILES,
@@ -34,7 +37,7 @@ DATASET_KEYS: dict[str, frozenset[str]] = {
     },
 }
 BUILTIN_DATASETS = frozenset(
-    {"fashion_mnist", "digits", "manifest", "image_folder", "synthetic_attr"}
+    {"fashion_mnist", "digits", "manifest", "image_folder", "synthetic_attr", "shards"}
 )
 
 
@@ -44,7 +47,7 @@ class DataConfig(Section):
     dataset: str = Field(
         "fashion_mnist",
         description="a name registered in debiascl.registry.DATASETS (built-in: fashion_mnist, "
-        "digits, manifest, image_folder, synthetic_attr); checked when the data is built",
+        "digits, manifest, image_folder, synthetic_attr, shards); checked when the data is built",
     )
     mode: Literal["image_image", "image_text"] = "image_image"
     root: str | None = Field(
@@ -54,6 +57,14 @@ class DataConfig(Section):
     )
     manifest: str | None = Field(None, description="CSV/Parquet manifest for dataset=manifest")
     test_manifest: str | None = Field(None, description="test manifest (vocabularies from train)")
+    shards: str | None = Field(
+        None,
+        description="dataset=shards: webdataset .tar shards streamed for training, a folder "
+        "indexed by `python -m debiascl.data.shards index DIR` or a brace pattern of its shards",
+    )
+    test_shards: str | None = Field(
+        None, description="dataset=shards: the test split's shards (read into memory; small)"
+    )
     image_column: str = "path"
     text_column: str = Field("text", description="caption/report column (image_text mode)")
     label_column: str | None = Field("label", description="class column; null if unlabelled")
