@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -302,3 +303,21 @@ def test_missing_and_corrupt_shards_are_one_line_errors_naming_the_file(tmp_path
         lines = _error_lines(err.getvalue())
         assert code != 0 and len(lines) == 1, lines
         assert "cannot read shard" in lines[0] and str(missing) in lines[0], lines[0]
+
+
+def test_debiascl_eval_of_a_shard_run_needs_and_takes_a_test_split(shards, tmp_path) -> None:
+    root, _, _ = shards
+    run = tmp_path / "run"
+    Trainer(_shard_cfg(root), run_dir=run).fit(evaluate=False)
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = cli_main(["eval", str(run)])
+    lines = _error_lines(err.getvalue())
+    assert code != 0 and len(lines) == 1 and "data.test_shards=DIR" in lines[0], lines
+    test_root = tmp_path / "test_shards"
+    write_digit_shards(test_root, (12, 12), split="test")
+    out = tmp_path / "eval.json"
+    args = [f"data.test_shards={test_root}", "eval.references=false", "eval.knn_k=5"]
+    assert cli_main(["eval", str(run), *args, "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["linear_probe"] and results["knn"]

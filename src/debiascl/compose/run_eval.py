@@ -44,7 +44,7 @@ from debiascl.compose.fingerprint import eval_fingerprint_parts
 from debiascl.compose.model import build_model
 from debiascl.config.migrate import read_run_config
 from debiascl.config.schema import DataConfig, RunConfig
-from debiascl.errors import CheckpointError, ConfigError, TrainingError
+from debiascl.errors import CheckpointError, ConfigError, DataError, TrainingError
 from debiascl.seeding import seed_everything
 
 #: ``data.*`` settings an evaluation may change: they pick the evaluation data, not the inputs
@@ -55,6 +55,8 @@ EVAL_DATA_KEYS = frozenset(
         "root",
         "manifest",
         "test_manifest",
+        "shards",
+        "test_shards",
         "image_column",
         "text_column",
         "label_column",
@@ -270,6 +272,12 @@ def evaluate_run_dir(
     corpus = data.corpus
     if cfg.data != model_cfg.data:  # evaluation data (another test manifest, label column, ...)
         data = build_data(cfg.data, cfg.seed)
+    if data.test is None:  # say how to give one (streamed shards have none of their own)
+        what = "data.test_shards=DIR or " if cfg.data.dataset == "shards" else ""
+        raise DataError(
+            f"data.dataset={cfg.data.dataset} has no test split to evaluate on: pass "
+            f"{what}data.test_manifest=FILE to debiascl eval"
+        )
     results = evaluate_run_model(
         cfg, model, data, scale, device, output.parent, cfg.eval.references, corpus=corpus
     )
