@@ -321,3 +321,15 @@ def test_debiascl_eval_of_a_shard_run_needs_and_takes_a_test_split(shards, tmp_p
     assert cli_main(["eval", str(run), *args, "--output", str(out)]) == 0
     results = json.loads(out.read_text())
     assert results["linear_probe"] and results["knn"]
+
+
+def test_an_index_without_caption_vocabulary_is_refused_for_image_text(tmp_path) -> None:
+    root = tmp_path / "s"
+    write_digit_shards(root, (10,))
+    index = json.loads((root / "shards.json").read_text())
+    del index["vocab"]  # as an index written before the vocabulary was recorded
+    (root / "shards.json").write_text(json.dumps(index))
+    cfg = _shard_cfg(root, config="digits_clip")
+    with pytest.raises(DataError, match="no caption vocabulary.*rebuild it"):
+        build_data(cfg.data, seed=0)
+    assert build_data(_shard_cfg(root).data, seed=0).info.num_samples == 10  # image_image: fine

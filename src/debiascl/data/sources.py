@@ -24,7 +24,7 @@ from debiascl.data.shard_source import (
     load_shard_split,
     open_shards,
 )
-from debiascl.errors import ConfigError
+from debiascl.errors import ConfigError, DataError
 from debiascl.registry import DATASETS
 
 
@@ -129,6 +129,11 @@ def shards(
         }
     )
     train = ShardSource(open_shards(shards), channels=channels, image_size=image_size)
+    if mode == "image_text" and train.corpus is None:  # a text tower's vocabulary comes from it
+        raise DataError(
+            f"the index of {shards} has no caption vocabulary (written by an older version); "
+            f"rebuild it: python -m debiascl.data.shards index {train.index.root}"
+        )
     test: SampleDataset | None = None
     if test_shards is not None:
         test = load_shard_split(test_shards, channels=channels, image_size=image_size)
