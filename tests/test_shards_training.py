@@ -333,3 +333,20 @@ def test_an_index_without_caption_vocabulary_is_refused_for_image_text(tmp_path)
     with pytest.raises(DataError, match="no caption vocabulary.*rebuild it"):
         build_data(cfg.data, seed=0)
     assert build_data(_shard_cfg(root).data, seed=0).info.num_samples == 10  # image_image: fine
+
+
+def test_a_test_manifest_evaluates_a_shard_run(shards, tmp_path) -> None:
+    from PIL import Image
+
+    from debiascl.data.builtin import load_digits_split
+
+    root, _, _ = shards
+    images, labels = load_digits_split("test")
+    rows = ["path,label"]
+    for i in range(30):
+        Image.fromarray(images[i, 0].numpy()).save(tmp_path / f"t{i}.png")
+        rows.append(f"t{i}.png,{int(labels[i])}")
+    (tmp_path / "test.csv").write_text("\n".join(rows) + "\n")
+    extra = [f"data.test_manifest={tmp_path / 'test.csv'}", "eval.references=false"]
+    summary = Trainer(_shard_cfg(root, [*extra, "eval.knn_k=5"]), run_dir=tmp_path / "r").fit()
+    assert summary["linear_probe"] and summary["knn"]
