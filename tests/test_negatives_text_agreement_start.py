@@ -173,7 +173,7 @@ def test_without_texts_or_with_the_fixed_text_rule_is_a_config_error():
     ("config", "detector", "needle"),
     [
         ("digits_simclr", "glofnd", "has no texts"),
-        ("digits_clip", "fnc", "GloFND-type"),
+        ("digits_clip", "fnc", "not read by negatives.name=fnc"),  # refused at load
     ],
 )
 def test_cli_refuses_in_one_line(capsys, tmp_path, config, detector, needle):

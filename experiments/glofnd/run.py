@@ -4,7 +4,7 @@ Studies (configs in ``src/debiascl/configs``; every method of a study shares all
 ``negatives`` section):
     image: SimCLR layout with the SogCLR loss, Fashion-MNIST 5k subset: none / fnc / glofnd /
         oracle (``fmnist_simclr_{fnc,glofnd,oracle}``; none = the glofnd config with
-        ``negatives.name=none``).
+        ``negatives.name=none`` and the glofnd-only keys reset: ``NONE``).
     image_alpha001: the fnc / glofnd rows of ``image`` with alpha 0.01 (an ablation).
     image_beta1, text_beta1: GloFND with Adam beta1 0.5 (an ablation).
     text: CLIP layout with caption templates and the bimodal SogCLR loss: none / fnc / glofnd
@@ -44,13 +44,22 @@ ZERO = [
 ]
 WARM = ["negatives.glofnd.moment_init=binomial"]
 
+# the no-filtering arm from a glofnd config: drop what the none detector does not read (it would
+# be refused), so every arm shares all settings but the detector
+NONE = [
+    "negatives.name=none",
+    "negatives.glofnd=null",
+    "negatives.start_epoch=null",
+    "negatives.update_start_epoch=null",
+]
+
 # study -> [(method label, config, extra overrides)]
 STUDIES: dict[str, list[tuple[str, str, list[str]]]] = {
     "image": [
         (
             "none",
             "fmnist_simclr_glofnd",
-            ["negatives.name=none", "negatives.glofnd=null", "name=fmnist_simclr_none"],
+            ["name=fmnist_simclr_none", *NONE],
         ),
         ("fnc", "fmnist_simclr_fnc", []),
         ("glofnd", "fmnist_simclr_glofnd", [*ZERO]),
@@ -70,7 +79,7 @@ STUDIES: dict[str, list[tuple[str, str, list[str]]]] = {
         (
             "none",
             "fmnist_clip_glofnd",
-            ["negatives.name=none", "negatives.glofnd=null", "name=fmnist_clip_none"],
+            ["name=fmnist_clip_none", *NONE],
         ),
         ("fnc", "fmnist_clip_fnc", []),
         ("glofnd", "fmnist_clip_glofnd", [*ZERO]),

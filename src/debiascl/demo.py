@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from debiascl.config import load_config
+from debiascl.config.schema import NegativesConfig
 from debiascl.registry import DETECTORS
 from debiascl.train.atomic import atomic_write_text
 
@@ -86,6 +87,12 @@ def results_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def _quick(detector: str) -> list[str]:
+    """:data:`QUICK` less the shared ``negatives.*`` keys ``detector`` does not read (refused)."""
+    read = NegativesConfig.keys_read_by(detector) or frozenset()
+    return [o for o in QUICK if not o.startswith("negatives.") or o.split("=")[0][10:] in read]
+
+
 def run_demo(output_dir: Path, quick: bool = False, methods: list[str] | None = None) -> str:
     """Train every available demo method and print/write the comparison table."""
     from debiascl.train.trainer import Trainer
@@ -106,7 +113,7 @@ def run_demo(output_dir: Path, quick: bool = False, methods: list[str] | None = 
         ]
         if i > 0:
             extra.append("eval.references=false")
-        cfg = load_config("fmnist_simclr", extra + (QUICK if quick else []))
+        cfg = load_config("fmnist_simclr", extra + (_quick(detector) if quick else []))
         print(f"[{i + 1}/{len(chosen)}] training {label} ...", flush=True)
         summary = Trainer(cfg, run_dir=output_dir / detector).fit()
         references.update(summary.pop("references", {}))

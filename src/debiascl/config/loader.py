@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from debiascl.config.fairness_moves import reject_old_fairness_keys
 from debiascl.config.schema import MOVED_KEYS, RunConfig
+from debiascl.config.sections.methods import refuse_unread_keys
 from debiascl.errors import ConfigError
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -75,13 +76,19 @@ def _reject_moved_keys(raw: dict[str, Any]) -> None:
 
 
 def config_from_dict(raw: dict[str, Any], context: dict[str, Any] | None = None) -> RunConfig:
-    """A validated config from a mapping (``context``: pydantic validation context)."""
+    """A validated config from a mapping (``context``: pydantic validation context;
+    ``context["saved_sections"]``: a saved run's ``loss`` / ``negatives`` mappings, whose keys
+    are accepted at their saved values even where the method does not read them)."""
     _reject_moved_keys(raw)
     reject_old_fairness_keys(raw)
     try:
-        return RunConfig.model_validate(raw, context=context)
+        cfg = RunConfig.model_validate(raw, context=context)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
+    saved = (context or {}).get("saved_sections") or {}
+    for section in (cfg.loss, cfg.negatives):
+        refuse_unread_keys(section, saved.get(section.KIND))
+    return cfg
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> RunConfig:

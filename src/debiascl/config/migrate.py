@@ -174,9 +174,27 @@ def read_run_config(
     raw, notes, legacy = migrate_run_config(loaded)
     for note in notes:
         logger.warning("%s (saved by an older version): %s", path, note)
-    saved_data = copy.deepcopy(raw.get("data")) if isinstance(raw.get("data"), dict) else {}
-    context = {"saved_data": saved_data}  # saved keys of another dataset: loaded as before
+    context = saved_context(raw)  # before the overrides, which are checked like user input
     return config_from_dict(apply_overrides(raw, list(overrides or [])), context), legacy
+
+
+def saved_context(raw: dict[str, Any]) -> dict[str, Any]:
+    """The validation context of a migrated saved mapping: its keys of another dataset, and the
+    shared loss / detector keys its method never read, load as saved (a copy of each section)."""
+    sections = ("data", "loss", "negatives")
+    saved = {k: copy.deepcopy(raw[k]) for k in sections if isinstance(raw.get(k), dict)}
+    return {"saved_data": saved.pop("data", {}), "saved_sections": saved}
+
+
+def saved_run_config(loaded: dict[str, Any]) -> RunConfig:
+    """A saved run config mapping (as read from ``config.yaml``) migrated to today's spelling and
+    validated, without logging the migration notes (for tools reading many runs).
+
+    Raises:
+        ConfigError: a key that cannot be migrated, or a mapping that no longer validates.
+    """
+    raw = migrate_run_config(loaded)[0]
+    return config_from_dict(raw, saved_context(raw))
 
 
 def load_run_config(path: Path | str, overrides: list[str] | None = None) -> RunConfig:

@@ -1,7 +1,8 @@
 """Aggregate run directories over seeds: ``debiascl report RUN_DIR ...``.
 
-Runs are grouped by their resolved config with the seed, name and output location removed, so
-the seeds of one setting form one row; every numeric result in ``summary.json`` is reported as
+Runs are grouped by their resolved config in today's spelling (old keys migrated, defaults filled
+in: :func:`normalized_config`) with the seed, name and output location removed, so the seeds of
+one setting form one row; every numeric result in ``summary.json`` is reported as
 mean ± sample standard deviation over the group, with the seeds listed. Output is Markdown (for
 docs) and JSON (for scripts).
 """
@@ -59,8 +60,24 @@ def _setting_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def normalized_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config in today's spelling with every default filled in
+    (:func:`debiascl.config.migrate.saved_run_config`), so runs of one setting saved before and
+    after a key moved or a setting was added group together; the saved mapping as it is when it
+    no longer validates (a run of a removed setting still reports, in a group of its own)."""
+    from debiascl.config.loader import resolved_config
+    from debiascl.config.migrate import saved_run_config
+    from debiascl.errors import ConfigError
+
+    try:
+        return resolved_config(saved_run_config(config))
+    except ConfigError:
+        return config
+
+
 def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(resolved config, summary) of one run directory."""
+    """(config in today's spelling, see :func:`normalized_config`; summary) of one run
+    directory."""
     cfg_path, summary_path = run_dir / "config.yaml", run_dir / "summary.json"
     if not cfg_path.is_file() or not summary_path.is_file():
         raise DataError(
@@ -68,9 +85,12 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             "pass directories written by `debiascl train`"
         )
     try:
-        return yaml.safe_load(cfg_path.read_text()), json.loads(summary_path.read_text())
+        config, summary = yaml.safe_load(cfg_path.read_text()), json.loads(summary_path.read_text())
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise DataError(f"{run_dir}: unreadable config.yaml or summary.json ({err})") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{cfg_path}: not a mapping; pass directories written by `debiascl train`")
+    return normalized_config(config), summary
 
 
 def aggregate_runs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:

@@ -67,6 +67,9 @@ class LossConfig(MethodSection):
         "ssd": HCLSettings,
         "infonce": MethodSettings,
     }
+    #: ``directions`` is read by the objective for every loss; ``learn_temperature`` by the
+    #: composition layer, which refuses it for a loss that keeps a fixed temperature.
+    ALWAYS_READ = frozenset({"name", "directions", "learn_temperature"})
 
     name: str = Field(
         "infonce", description="a registered loss: infonce | sogclr | dcl | hcl | ssd"

@@ -13,7 +13,11 @@ that method reads, validated when the config is loaded:
   and settings the composition layer reads for it, like ``stable_glofnd.reference``);
 * an unknown key, or a subsection of a method other than ``name``, is a one-line
   :class:`~debiascl.errors.ConfigError` (a setting that would be silently ignored is refused);
-  ``<section>.<method>=null`` removes a subsection (to switch methods from the command line).
+  ``<section>.<method>=null`` removes a subsection (to switch methods from the command line);
+* a shared section key the selected method does not read, given at a value other than its
+  default, is a one-line error too (:func:`refuse_unread_keys`, at load: ``negatives.alpha`` with
+  ``oracle``); ``<section>.<key>=null`` puts a shared key back to its default. Saved run configs
+  (:mod:`debiascl.config.migrate`) load as saved.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import functools
 import importlib
 import inspect
 import typing
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import ConfigDict, ValidationError, create_model, model_validator
@@ -37,6 +42,9 @@ COMPUTED = {"loss": (), "negatives": ("text_embeddings", "eta")}
 RENAMED = {"table_placement": "placement", "table_sharding": "sharding"}
 #: The modules whose import registers the built-in components of a section.
 _REGISTERING = {"loss": "debiascl.objectives.builtin", "negatives": "debiascl.negatives.builders"}
+
+
+_NO = inspect.Parameter("none", inspect.Parameter.VAR_POSITIONAL)  # kind of a missing parameter
 
 
 class MethodSettings(Section):
@@ -82,6 +90,41 @@ class MethodSection(Section):
     KIND: ClassVar[str]
     #: Typed settings models of built-in methods (others are read off their signature).
     TYPED_SETTINGS: ClassVar[dict[str, type[MethodSettings]]] = {}
+    #: Shared keys read whatever the method (by the composition layer), never refused as unread.
+    ALWAYS_READ: ClassVar[frozenset[str]] = frozenset({"name"})
+    #: Settings under which any method reads a shared key (named in the unread-key error).
+    READ_WITH: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_resets_shared_key(cls, data: Any) -> Any:
+        """``<section>.<key>=null`` on a shared key that cannot be None: back to its default (to
+        drop, from the command line, a key the newly chosen method does not read)."""
+        if not isinstance(data, dict):
+            return data
+        reset = [
+            k
+            for k, f in cls.model_fields.items()
+            if data.get(k, 0) is None and type(None) not in typing.get_args(f.annotation)
+        ]
+        return {k: v for k, v in data.items() if k not in reset} if reset else data
+
+    @classmethod
+    def keys_read_by(cls, name: str) -> frozenset[str] | None:
+        """The shared keys method ``name`` reads: the parameters its constructor names (section
+        keys renamed as in :data:`RENAMED`; a ``**kwargs`` catch-all receives nothing, see
+        :func:`debiascl.registry.call_with_options`) and :attr:`ALWAYS_READ`; None when ``name``
+        is not registered (its builder reports that)."""
+        if name not in registered_names(cls.KIND):
+            return None
+        params = inspect.signature(_registry(cls.KIND).get(name)).parameters
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        taken = {k for k in cls.model_fields if params.get(RENAMED.get(k, k), _NO).kind in named}
+        return frozenset(taken) | cls.ALWAYS_READ
+
+    def keys_read(self) -> frozenset[str] | None:
+        """The shared keys this section's method reads, given the section's other values."""
+        return self.keys_read_by(self.name)
 
     @classmethod
     def settings_model(cls, name: str) -> type[MethodSettings]:
@@ -193,3 +236,43 @@ class MethodSection(Section):
         given = model.model_validate((self.__pydantic_extra__ or {}).get(self.name, {}))
         own = given.model_dump(mode="json", exclude_defaults=True, exclude=set(exclude))
         return {**out, **own}
+
+
+def refuse_unread_keys(section: MethodSection, saved: Mapping[str, Any] | None = None) -> None:
+    """Refuse shared keys of ``section`` that its selected method does not read.
+
+    A key counts when it was given (``model_fields_set``) at a value other than its default;
+    ``saved``: a saved run config's mapping of the section, whose keys are accepted at their
+    saved value (a run recorded before this check still loads for evaluation).
+
+    Raises:
+        ConfigError: one line naming the keys, the method and how to drop them.
+    """
+    read = section.keys_read()
+    if read is None:
+        return
+    kind, name, saved = section.KIND, section.name, saved or {}
+    unread = []
+    for key, field in type(section).model_fields.items():
+        if key in read or key not in section.model_fields_set:
+            continue
+        value = getattr(section, key)
+        if value == field.get_default(call_default_factory=True):
+            continue
+        if key in saved and saved[key] == value:
+            continue
+        unread.append(key)
+    if not unread:
+        return
+    cls = type(section)
+    named = []
+    for key in unread:
+        readers = [n for n in registered_names(kind) if key in (cls.keys_read_by(n) or ())]
+        hint = [*readers, *([cls.READ_WITH[key]] if key in cls.READ_WITH else [])]
+        named.append(f"{kind}.{key}={getattr(section, key)} (read by {' or '.join(hint) or '-'})")
+    resets = " ".join(f"{kind}.{k}=null" for k in unread)
+    raise ConfigError(
+        f"{', '.join(named)}: not read by {kind}.name={name}; delete "
+        f"{'it' if len(unread) == 1 else 'them'}, or on the command line reset to the default "
+        f"with {resets}"
+    )

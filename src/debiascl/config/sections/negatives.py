@@ -11,11 +11,13 @@ threshold update rule (optimizer, lr, betas, eps, init) in its own subsection, e
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 from pydantic import Field
 
 from debiascl.config.sections.methods import MethodSection, MethodSettings
+from debiascl.registry import DETECTORS
 
 
 class SingleSettings(MethodSettings):
@@ -91,6 +93,36 @@ class NegativesConfig(MethodSection):
         "stable_glofnd": StableGloFNDSettings,
         "eta_glofnd": EtaGloFNDSettings,
     }
+    #: ``text_diagnostics`` is a shared diagnostic: it logs the removals of any detector.
+    ALWAYS_READ = frozenset({"name", "text_diagnostics"})
+    READ_WITH = {  # noqa: RUF012  (a ClassVar of MethodSection)
+        "text_encoder": "negatives.text_diagnostics=true",
+        "text_threshold": "negatives.text_diagnostics=true",
+    }
+
+    @classmethod
+    def keys_read_by(cls, name: str) -> frozenset[str] | None:
+        """As :meth:`MethodSection.keys_read_by`; a detector that needs the frozen text table
+        (a ``text_embeddings`` parameter without default) reads ``text_encoder``, which compose
+        encodes it with (others get it only with ``start_rule=text_agreement``)."""
+        read = super().keys_read_by(name)
+        param = inspect.signature(DETECTORS.get(name)).parameters.get("text_embeddings")
+        if read is None or param is None or param.default is not inspect.Parameter.empty:
+            return read
+        return read | {"text_encoder"}
+
+    def keys_read(self) -> frozenset[str] | None:
+        """The shared keys the selected detector reads; the text evidence (``text_encoder``,
+        ``text_threshold``) also serves the text diagnostics and the text_agreement start rule."""
+        read = self.keys_read_by(self.name)
+        if read is None:
+            return None
+        extra: set[str] = set()
+        if self.text_diagnostics:
+            extra |= {"text_encoder", "text_threshold"}
+        if "start_rule" in read and self.start_rule == "text_agreement":
+            extra.add("text_encoder")
+        return read | extra
 
     name: str = Field(
         "none",
