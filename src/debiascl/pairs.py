@@ -46,6 +46,9 @@ class PairwiseBatch:
         ids_checked_below: set when the global batch's sample ids have been checked to be
             distinct and in [0, ids_checked_below) (by the objective, once per step), so that
             per-sample tables of at least that size can skip their own check; None otherwise.
+        parts: empty for one direction; for several directions stacked in one batch (see
+            :func:`clip_pairs_stacked`), their names, one per equal block of anchor rows in
+            order (each block has one row per sample).
     """
 
     name: str
@@ -59,6 +62,7 @@ class PairwiseBatch:
     global_anchors: int
     reference_sim: torch.Tensor | None = None
     ids_checked_below: int | None = None
+    parts: tuple[str, ...] = ()
 
     @property
     def pos_sim(self) -> torch.Tensor:
@@ -157,17 +161,15 @@ def simclr_pairs(
     )
 
 
-def clip_pairs(
+def _clip_inputs(
     image: torch.Tensor,
     text: torch.Tensor,
     ids: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    normalize: bool = True,
-) -> tuple[PairwiseBatch, PairwiseBatch]:
-    """Build the two CLIP directions from local image and text embeddings (b, D).
-
-    Returns ``(image_to_text, text_to_image)``.
-    """
+    labels: torch.Tensor | None,
+    normalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Checked (and normalised) local embeddings, their gathered copies, the positives' columns
+    and the fields both CLIP directions share."""
     _check_embeddings("image", image, ids)
     check(
         image.shape == text.shape,
@@ -180,24 +182,86 @@ def clip_pairs(
     all_image, all_text = dist_utils.gather_with_grad(image), dist_utils.gather_with_grad(text)
     all_ids, all_labels = _gather_ids_labels(ids, labels)
     big_b = all_image.shape[0]
-    offset = dist_utils.rank() * b
-    pos_col = offset + torch.arange(b, device=image.device)
-    neg_mask = torch.ones(b, big_b, dtype=torch.bool, device=image.device)
-    neg_mask[torch.arange(b, device=image.device), pos_col] = False
+    pos_col = dist_utils.rank() * b + torch.arange(b, device=image.device)
     common = dict(
-        pos_index=pos_col,
-        neg_mask=neg_mask,
         anchor_ids=ids.long(),
         candidate_ids=all_ids,
         anchor_labels=labels.long() if labels is not None else None,
         candidate_labels=all_labels,
         global_anchors=big_b,
     )
+    return image, text, all_image, all_text, pos_col, common
+
+
+def _clip_neg_mask(pos_col: torch.Tensor, big_b: int) -> torch.Tensor:
+    """(A, big_b) bool, True everywhere except at each row's positive column."""
+    a = pos_col.shape[0]
+    neg_mask = torch.ones(a, big_b, dtype=torch.bool, device=pos_col.device)
+    neg_mask[torch.arange(a, device=pos_col.device), pos_col] = False
+    return neg_mask
+
+
+def clip_pairs(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    normalize: bool = True,
+) -> tuple[PairwiseBatch, PairwiseBatch]:
+    """Build the two CLIP directions from local image and text embeddings (b, D).
+
+    Returns ``(image_to_text, text_to_image)``.
+    """
+    image, text, all_image, all_text, pos_col, common = _clip_inputs(
+        image, text, ids, labels, normalize
+    )
+    neg_mask = _clip_neg_mask(pos_col, all_image.shape[0])
     i2t_sim = image @ all_text.T
     # One process: the text -> image similarities are the transpose of the image -> text ones
     # (the same dot products). One matrix product instead of two, and two instead of four in
     # backward, where the two directions' gradients are added before the product.
     t2i_sim = text @ all_image.T if dist_utils.is_distributed() else i2t_sim.T.contiguous()
-    i2t = PairwiseBatch(name="image_to_text", sim=i2t_sim, **common)
-    t2i = PairwiseBatch(name="text_to_image", sim=t2i_sim, **common)
+    i2t = PairwiseBatch(
+        name="image_to_text", sim=i2t_sim, pos_index=pos_col, neg_mask=neg_mask, **common
+    )
+    t2i = PairwiseBatch(
+        name="text_to_image", sim=t2i_sim, pos_index=pos_col, neg_mask=neg_mask, **common
+    )
     return i2t, t2i
+
+
+def clip_pairs_stacked(
+    image: torch.Tensor,
+    text: torch.Tensor,
+    ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    normalize: bool = True,
+) -> PairwiseBatch:
+    """Both CLIP directions as one batch: image anchors (rows 0..b-1) then text anchors.
+
+    Each row holds the same values as the matching row of :func:`clip_pairs`'s
+    ``image_to_text`` / ``text_to_image`` batch (sim (2b, B), positives, masks, ids and labels
+    stacked), so per-row work runs once over both directions. ``parts`` names the two blocks;
+    ``global_anchors`` stays B, the anchor count of each direction.
+    """
+    image, text, all_image, all_text, pos_col, common = _clip_inputs(
+        image, text, ids, labels, normalize
+    )
+    i2t_sim = image @ all_text.T
+    t2i_sim = text @ all_image.T if dist_utils.is_distributed() else i2t_sim.T
+    pos_index = torch.cat([pos_col, pos_col])
+    anchor_ids, anchor_labels = common["anchor_ids"], common["anchor_labels"]
+    return PairwiseBatch(
+        name="image_text",
+        sim=torch.cat([i2t_sim, t2i_sim]),
+        pos_index=pos_index,
+        neg_mask=_clip_neg_mask(pos_index, all_image.shape[0]),
+        anchor_ids=torch.cat([anchor_ids, anchor_ids]),
+        candidate_ids=common["candidate_ids"],
+        anchor_labels=(
+            torch.cat([anchor_labels, anchor_labels]) if anchor_labels is not None else None
+        ),
+        candidate_labels=common["candidate_labels"],
+        global_anchors=common["global_anchors"],
+        parts=("image_to_text", "text_to_image"),
+    )

@@ -57,6 +57,9 @@ class PairLoss(nn.Module):
 
     #: Whether this loss supports a learned temperature (CLIP-style); fixed-only otherwise.
     learns_temperature: ClassVar[bool] = False
+    #: Whether ``forward`` accepts a batch of stacked directions (``PairwiseBatch.parts``) and
+    #: returns per row the values one call per direction would.
+    stacks_directions: ClassVar[bool] = False
 
     def __init__(
         self,

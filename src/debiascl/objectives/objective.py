@@ -26,13 +26,17 @@ from debiascl.negatives.context import StepContext
 from debiascl.negatives.diagnostics import DetectionStats
 from debiascl.objectives.base import (
     FalseNegativeDetector,
+    LossTerms,
     NoDetector,
     PairLoss,
     keep_at_least_one,
 )
-from debiascl.pairs import PairwiseBatch, clip_pairs, simclr_pairs
+from debiascl.pairs import PairwiseBatch, clip_pairs, clip_pairs_stacked, simclr_pairs
 
 Mode = Literal["image_image", "image_text"]
+
+#: Local batch sizes b (a multiple of this) at which both CLIP directions run stacked.
+STACK_MULTIPLE = 64
 
 #: Scale used when neither the loss owns a temperature nor the caller passes one (t = 0.1).
 DEFAULT_LOGIT_SCALE = 10.0
@@ -88,6 +92,15 @@ def validate_sample_ids(ids: torch.Tensor, num_samples: int) -> None:
             "duplicate sample ids in one global batch; each sample may appear once per step "
             "(use a sampler without replacement, e.g. DistributedSampler with drop_last=True)"
         )
+
+
+def _accumulate(
+    total: torch.Tensor, value: torch.Tensor, terms: LossTerms, weight: float, anchors: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add one direction's share to the DDP-scaled loss and to the global objective value."""
+    total = total + weight * terms.loss.sum() * dist_utils.world_size() / anchors
+    value = value + weight * terms.objective.double().sum() / anchors
+    return total, value
 
 
 class ContrastiveObjective(nn.Module):
@@ -165,6 +178,8 @@ class ContrastiveObjective(nn.Module):
         if self.num_samples is not None:
             validate_sample_ids(ids, self.num_samples)
         scale = self._scale(logit_scale).to(device=a.device, dtype=torch.float32)
+        if self._stacks_directions(a):
+            return self._forward_stacked(a, b, ids, labels, scale, ctx)
         total = torch.zeros((), device=a.device)
         value = torch.zeros((), device=a.device, dtype=torch.float64)
         logs: dict[str, float] = {}
@@ -193,13 +208,58 @@ class ContrastiveObjective(nn.Module):
                 if self.text_agreement is not None:
                     self.text_agreement.update(batch, keep)
             terms = self.loss_fn(batch, keep, scale, ctx)
-            total = (
-                total + weight * terms.loss.sum() * dist_utils.world_size() / batch.global_anchors
-            )
-            value = value + weight * terms.objective.double().sum() / batch.global_anchors
+            total, value = _accumulate(total, value, terms, weight, batch.global_anchors)
             for key, val in terms.logs.items():
                 logs[f"{batch.name}/{key}" if len(batches) > 1 else key] = val
             masks[batch.name] = keep
+        value = dist_utils.all_reduce_sum(value)
+        return ObjectiveOutput(loss=total, value=value, logs=logs, keep_masks=masks)
+
+    def _stacks_directions(self, a: torch.Tensor) -> bool:
+        """Whether both CLIP directions can run as one stacked batch with bit for bit the
+        results of one pass per direction: the loss supports it, nothing looks at one direction
+        alone (no detector, no removed-pair sample or text agreement), and the local batch
+        ``a`` (b, D) is on the CPU with b a multiple of ``STACK_MULTIPLE``. (Vectorised CPU
+        kernels evaluate exp/log of a tensor's last partial SIMD block with scalar code, within
+        an ulp of the vector code: rows then land in such blocks the same way in the stacked
+        and the separate tensors. Reductions on GPUs are tiled by the tensor's shape, so there
+        the per-direction path stays.)"""
+        return (
+            a.device.type == "cpu"
+            and a.shape[0] % STACK_MULTIPLE == 0
+            and self.mode == "image_text"
+            and all(d in self.directions for d in ("image_to_text", "text_to_image"))
+            and type(self.detector) is NoDetector
+            and self.removed_pairs is None
+            and self.text_agreement is None
+            and getattr(self.loss_fn, "stacks_directions", False)
+        )
+
+    def _forward_stacked(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        ids: torch.Tensor,
+        labels: torch.Tensor | None,
+        scale: torch.Tensor,
+        ctx: StepContext,
+    ) -> ObjectiveOutput:
+        """:meth:`forward` for both CLIP directions in one stacked batch (same loss and value
+        bits, tables and statistics; gradients equal up to the order of float additions)."""
+        batch = clip_pairs_stacked(a, b, ids, labels)
+        batch.ids_checked_below = self.num_samples
+        keep = self.detector(batch, ctx)  # NoDetector: all True, and nothing to rescue
+        if ctx.training:
+            self.stats.update(batch, keep, keeps_all=True)
+        terms = self.loss_fn(batch, keep, scale, ctx)
+        n = len(batch.parts)
+        # Each direction's sum, weighted and scaled as _accumulate does, then added: the same
+        # float operations in the same order as one _accumulate call per direction.
+        anchors, world = batch.global_anchors, dist_utils.world_size()
+        total = ((1.0 / n) * terms.loss.view(n, -1).sum(1) * world / anchors).sum()
+        value = ((1.0 / n) * terms.objective.double().view(n, -1).sum(1) / anchors).sum()
+        logs = {f"{name}/{key}": val for name in batch.parts for key, val in terms.logs.items()}
+        masks = dict(zip(batch.parts, keep.chunk(n), strict=True))
         value = dist_utils.all_reduce_sum(value)
         return ObjectiveOutput(loss=total, value=value, logs=logs, keep_masks=masks)
 

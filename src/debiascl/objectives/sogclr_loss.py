@@ -54,7 +54,12 @@ class GlobalContrastiveLoss(PairLoss):
 
     ``forward`` returns :class:`LossTerms` with ``loss`` the surrogate and ``objective`` the
     global objective -l_pos + log u (what to log). Tables update only when ``ctx.training``.
+    A batch of stacked CLIP directions (``batch.parts``, from
+    :func:`~debiascl.pairs.clip_pairs_stacked`) is computed in one pass with each block's rows
+    read from and written to its direction's table: the same values as one call per direction.
     """
+
+    stacks_directions = True
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class GlobalContrastiveLoss(PairLoss):
             logit_scale: 1 / temperature (scalar tensor, may require grad).
             ctx: training position (``progress`` drives the cosine gamma schedule).
         """
-        table = self.table(batch.name)
+        tables = [self.table(name) for name in (batch.parts or (batch.name,))]
         scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=batch.sim.device)
         mask = batch.neg_mask & keep
         gamma = self.gamma_at(ctx.progress)
@@ -130,15 +135,34 @@ class GlobalContrastiveLoss(PairLoss):
                 shift = shift - pos
             log_g = shift + torch.log(total) - torch.log(count.to(torch.float32))
             groups = anchor_groups(batch)
-            rows = table.read(groups.ids, batch.ids_checked_below)
+            rows = _read_rows(tables, groups.ids, batch.ids_checked_below)
             visits = rows[:, 1]
             first = groups.expand(visits == 0)
             log_u = moving_average_log_u(groups.expand(rows[:, 0]), log_g, gamma, first)
             if ctx.training:
                 new = torch.stack([groups.pool_logmeanexp(log_u), visits + 1], dim=1)
-                table.write(groups.ids, new, batch.ids_checked_below)
+                _write_rows(tables, groups.ids, new, batch.ids_checked_below)
         loss = sogclr_surrogate_from_exp(
             batch.sim, scale, e, total, shift, count, log_u, batch.pos_index, self.relative
         )
         objective = sogclr_objective(pos, log_u, relative=self.relative)
         return LossTerms(loss=loss, objective=objective, logs={"gamma": gamma})
+
+
+def _read_rows(
+    tables: list[SampleTable], ids: torch.Tensor, checked_below: int | None
+) -> torch.Tensor:
+    """Rows of ``ids``, split into one equal block per table (one table: a plain read)."""
+    if len(tables) == 1:
+        return tables[0].read(ids, checked_below)
+    blocks = ids.chunk(len(tables))
+    return torch.cat([t.read(i, checked_below) for t, i in zip(tables, blocks, strict=True)])
+
+
+def _write_rows(
+    tables: list[SampleTable], ids: torch.Tensor, rows: torch.Tensor, checked_below: int | None
+) -> None:
+    """Write ``rows`` of ``ids``, one equal block per table, in order (collectives under DDP)."""
+    n = len(tables)
+    for t, i, r in zip(tables, ids.chunk(n), rows.chunk(n), strict=True):
+        t.write(i, r, checked_below)
