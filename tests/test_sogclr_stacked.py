@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from debiascl.losses.global_contrastive import exp_all_but_positive, masked_exp
 from debiascl.negatives.glofnd import GloFNDDetector
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.objectives.sogclr_loss import GlobalContrastiveLoss
@@ -91,6 +92,21 @@ def test_stacked_batch_rows_equal_the_two_directions():
         ), field
     assert torch.equal(st.candidate_ids, i2t.candidate_ids)
     assert torch.equal(st.candidate_labels, i2t.candidate_labels)
+
+
+@pytest.mark.parametrize("scale", [1.0, 14.3, 100.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_exp_all_but_positive_equals_masked_exp(scale, dtype):
+    gen = torch.Generator().manual_seed(5)
+    sim = (2 * torch.rand(37, 19, generator=gen) - 1).to(dtype)
+    before = sim.clone()
+    pos = torch.randint(0, 19, (37,), generator=gen)
+    mask = torch.ones(37, 19, dtype=torch.bool)
+    mask[torch.arange(37), pos] = False
+    s = torch.tensor(scale)
+    for got, ref in zip(exp_all_but_positive(sim, s, pos), masked_exp(sim, s, mask), strict=True):
+        assert torch.equal(got, ref)
+    assert torch.equal(sim, before)  # the input is not written
 
 
 def test_stacked_objective_equals_two_passes():

@@ -46,6 +46,8 @@ class PairwiseBatch:
         ids_checked_below: set when the global batch's sample ids have been checked to be
             distinct and in [0, ids_checked_below) (by the objective, once per step), so that
             per-sample tables of at least that size can skip their own check; None otherwise.
+        negatives_all_but_positive: True when ``neg_mask`` is True everywhere except at each
+            row's positive column (the CLIP layouts), so kernels may skip reading it.
         parts: empty for one direction; for several directions stacked in one batch (see
             :func:`clip_pairs_stacked`), their names, one per equal block of anchor rows in
             order (each block has one row per sample).
@@ -62,6 +64,7 @@ class PairwiseBatch:
     global_anchors: int
     reference_sim: torch.Tensor | None = None
     ids_checked_below: int | None = None
+    negatives_all_but_positive: bool = False
     parts: tuple[str, ...] = ()
 
     @property
@@ -184,6 +187,7 @@ def _clip_inputs(
     big_b = all_image.shape[0]
     pos_col = dist_utils.rank() * b + torch.arange(b, device=image.device)
     common = dict(
+        negatives_all_but_positive=True,
         anchor_ids=ids.long(),
         candidate_ids=all_ids,
         anchor_labels=labels.long() if labels is not None else None,
@@ -263,5 +267,6 @@ def clip_pairs_stacked(
         ),
         candidate_labels=common["candidate_labels"],
         global_anchors=common["global_anchors"],
+        negatives_all_but_positive=True,
         parts=("image_to_text", "text_to_image"),
     )

@@ -62,14 +62,18 @@ class DetectionStats:
         Stays on the batch's device with no host synchronisation (the sums move to the CPU only
         in :meth:`compute`).
         """
-        # count_true: bool row counts without widening every entry to int64 (several x faster)
-        n_negatives = count_true(batch.neg_mask)
         if keeps_all and (batch.anchor_labels is None or batch.candidate_labels is None):
             # nothing removed and no labels: only the negatives count changes
-            if self._sums.device != n_negatives.device:
-                self._sums = self._sums.to(n_negatives.device)
-            self._sums[1] += n_negatives.sum()
+            if self._sums.device != batch.neg_mask.device:
+                self._sums = self._sums.to(batch.neg_mask.device)
+            a, m = batch.neg_mask.shape
+            if batch.negatives_all_but_positive:
+                self._sums[1] += a * (m - 1)
+            else:
+                self._sums[1] += count_true(batch.neg_mask).sum()
             return
+        # count_true: bool row counts without widening every entry to int64 (several x faster)
+        n_negatives = count_true(batch.neg_mask)
         removed = None if keeps_all else batch.neg_mask & ~keep
         n_removed = (
             torch.zeros_like(n_negatives) if removed is None else count_true(removed)

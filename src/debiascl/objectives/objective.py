@@ -251,7 +251,7 @@ class ContrastiveObjective(nn.Module):
         keep = self.detector(batch, ctx)  # NoDetector: all True, and nothing to rescue
         if ctx.training:
             self.stats.update(batch, keep, keeps_all=True)
-        terms = self.loss_fn(batch, keep, scale, ctx)
+        terms = self.loss_fn(batch, batch.neg_mask, scale, ctx)  # = neg_mask & keep
         n = len(batch.parts)
         # Each direction's sum, weighted and scaled as _accumulate does, then added: the same
         # float operations in the same order as one _accumulate call per direction.

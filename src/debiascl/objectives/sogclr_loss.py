@@ -17,6 +17,7 @@ from torch import nn
 from debiascl.errors import ConfigError
 from debiascl.losses.global_contrastive import (
     cosine_gamma,
+    exp_all_but_positive,
     masked_exp,
     moving_average_log_u,
     sogclr_objective,
@@ -118,18 +119,24 @@ class GlobalContrastiveLoss(PairLoss):
 
         Args:
             batch: one direction of the contrastive batch (A anchors x M candidates).
-            keep: (A, M) bool keep-mask from the detector (False removes a negative).
+            keep: (A, M) bool keep-mask from the detector (False removes a negative);
+                ``batch.neg_mask`` itself when every negative is kept.
             logit_scale: 1 / temperature (scalar tensor, may require grad).
             ctx: training position (``progress`` drives the cosine gamma schedule).
         """
         tables = [self.table(name) for name in (batch.parts or (batch.name,))]
         scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=batch.sim.device)
-        mask = batch.neg_mask & keep
         gamma = self.gamma_at(ctx.progress)
         with torch.no_grad():
             # One fused pass for the masked exponentials, reused by log g and the surrogate.
-            e, shift, total = masked_exp(batch.sim, scale, mask)
-            count = count_true(mask)
+            if keep is batch.neg_mask and batch.negatives_all_but_positive:
+                # every negative kept (no detector): the same values without reading a mask
+                e, shift, total = exp_all_but_positive(batch.sim, scale, batch.pos_index)
+                count = torch.full_like(batch.pos_index, batch.sim.shape[1] - 1)
+            else:
+                mask = batch.neg_mask & keep
+                e, shift, total = masked_exp(batch.sim, scale, mask)
+                count = count_true(mask)
             pos = batch.sim.detach().float().gather(1, batch.pos_index[:, None])[:, 0] * scale
             if self.relative:  # x = l - l_pos shares e; only the shift moves
                 shift = shift - pos

@@ -206,7 +206,8 @@ class SampleTable(nn.Module):
         """Copy ``rows`` into the stored rows ``local`` (both on the table's device)."""
         # A non-finite row (from a NaN step that train.on_nonfinite=skip will discard) keeps the
         # stored values: a table entry is never valid as NaN/inf. No host synchronisation.
-        finite = torch.isfinite(rows).all(dim=1, keepdim=True)
+        # x - x is 0 exactly when x is finite (NaN for inf and NaN): half of isfinite's passes
+        finite = rows.sub(rows).eq_(0.0).all(dim=1, keepdim=True)
         rows = torch.where(finite, rows, self.data.index_select(0, local))
         self.data.index_copy_(0, local, rows)
 
