@@ -10,6 +10,7 @@ from debiascl.data import synthetic_attr as _synthetic_attr  # noqa: F401  (synt
 from debiascl.data.augment import make_augment
 from debiascl.data.build import DataBundle, assemble_data
 from debiascl.data.classes import select_classes
+from debiascl.errors import ConfigError
 from debiascl.registry import DATASETS
 
 
@@ -26,6 +27,11 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
         ConfigError: an unknown dataset name (the message lists the registered ones) or any
             dataset's own configuration error.
     """
+    if cfg.side_captions and cfg.mode == "image_text":
+        raise ConfigError(
+            "data.side_captions is for image_image mode (image_text data always has captions); "
+            "remove it"
+        )
     train, test = DATASETS.build_with(cfg.dataset, cfg.model_dump())
     if getattr(train, "streaming", False):  # shards: nothing to subset or caption up front
         return DataBundle(
@@ -56,6 +62,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
         subsample_fraction=cfg.subsample_fraction,
         caption_templates=cfg.caption_templates,
         validation_size=cfg.validation_size,
+        side_captions=cfg.side_captions,
     )
 
 

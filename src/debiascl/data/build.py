@@ -194,6 +194,7 @@ def assemble_data(
     subsample_fraction: float = 1.0,
     caption_templates: str = "default",
     validation_size: int | None = None,
+    side_captions: bool = False,
 ) -> DataBundle:
     """The :class:`DataBundle` of a dataset's ``train`` / ``test`` splits.
 
@@ -208,6 +209,11 @@ def assemble_data(
     :data:`VALIDATION_SEED`, drawn before ``train_size``, disjoint from the training subset) and
     evaluates on them instead of the test split (``DataBundle.eval_split == "validation"``):
     the split on which to choose settings, so the test split is never looked at while tuning.
+
+    ``side_captions`` (image_image mode) attaches the caption templates to the training split
+    as side evidence -- for text detectors (``text_sim``), text diagnostics and the
+    ``text_agreement`` start rule, like the reports beside images in a medical archive -- while
+    the model sees images only.
 
     Raises:
         ConfigError: a subset larger than its split, ``test_size`` without a test split, or
@@ -241,9 +247,9 @@ def assemble_data(
         test = _subset(test, test_size, test_seed, "test")
     elif test_size is not None:
         raise ConfigError(f"data.test_size is set but dataset {dataset!r} has no test split")
-    if mode == "image_text":
+    if mode == "image_text" or side_captions:
         train = _attach_captions(train, dataset, caption_templates, seed)
-        if test is not None:
+        if test is not None and mode == "image_text":
             test = _attach_captions(test, dataset, caption_templates, TEST_SEED)
     return DataBundle(
         train=train,

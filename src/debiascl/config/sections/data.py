@@ -105,6 +105,12 @@ class DataConfig(Section):
     image_size: int = Field(28, ge=8)
     channels: Literal[1, 3] = 1
     caption_templates: Literal["default", "single", "skewed"] = "default"
+    side_captions: bool = Field(
+        False,
+        description="image_image mode: attach caption templates to the training samples as side "
+        "evidence for text_sim, text diagnostics and start_rule text_agreement (the model sees "
+        "images only; image_text mode always has captions)",
+    )
     num_workers: int = Field(0, ge=0)
     augment: Literal["simclr", "light", "none"] | None = Field(
         None,
