@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from debiascl.losses.global_contrastive import exp_all_but_positive, masked_exp
+from debiascl.negatives.diagnostics import DetectionStats
 from debiascl.negatives.glofnd import GloFNDDetector
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.objectives.sogclr_loss import GlobalContrastiveLoss
@@ -107,6 +108,26 @@ def test_exp_all_but_positive_equals_masked_exp(scale, dtype):
     for got, ref in zip(exp_all_but_positive(sim, s, pos), masked_exp(sim, s, mask), strict=True):
         assert torch.equal(got, ref)
     assert torch.equal(sim, before)  # the input is not written
+
+
+def test_unlabelled_clip_stats_count_negatives_without_scanning():
+    gen = torch.Generator().manual_seed(4)
+    image, text = torch.randn(B, DIM, generator=gen), torch.randn(B, DIM, generator=gen)
+    ids = torch.randperm(N, generator=gen)[:B]
+    stacked = clip_pairs_stacked(image, text, ids)
+    i2t, _ = clip_pairs(image, text, ids)
+    plain = clip_pairs(image, text, ids)[1]
+    plain.negatives_all_but_positive = False  # counted by scanning the mask
+    fast, scanned = DetectionStats(), DetectionStats()
+    for _ in range(2):
+        fast.update(stacked, torch.ones_like(stacked.neg_mask), keeps_all=True)
+        scanned.update(i2t, torch.ones_like(i2t.neg_mask))
+        scanned.update(plain, torch.ones_like(plain.neg_mask), keeps_all=True)
+    assert fast.state()[1] == 2 * 2 * B * (B - 1)
+    assert torch.equal(fast.state(), scanned.state())
+    assert fast.compute() == scanned.compute()
+    fast.reset()
+    assert fast.state()[1] == 0
 
 
 def test_stacked_objective_equals_two_passes():

@@ -40,6 +40,7 @@ class DetectionStats:
 
     def state(self) -> torch.Tensor:
         """Copy of the epoch's running sums on the CPU (saved in mid-epoch checkpoints)."""
+        self._fold_pending()
         return self._sums.detach().cpu().clone()
 
     def load_state(self, sums: torch.Tensor) -> None:
@@ -48,9 +49,17 @@ class DetectionStats:
         if sums.shape[0] == len(self._KEYS) - 1:  # saved before known_negatives existed
             sums = torch.cat([sums, sums[1:2]])  # every negative had known labels
         self._sums = sums
+        self._pending_negatives = 0
 
     def reset(self) -> None:
         self._sums = torch.zeros(len(self._KEYS), dtype=torch.float64)
+        # negatives counted without a tensor op (exact integers, folded into _sums on read)
+        self._pending_negatives = 0
+
+    def _fold_pending(self) -> None:
+        if self._pending_negatives:
+            self._sums[1] += self._pending_negatives
+            self._pending_negatives = 0
 
     @torch.no_grad()
     def update(self, batch: PairwiseBatch, keep: torch.Tensor, keeps_all: bool = False) -> None:
@@ -64,13 +73,13 @@ class DetectionStats:
         """
         if keeps_all and (batch.anchor_labels is None or batch.candidate_labels is None):
             # nothing removed and no labels: only the negatives count changes
+            if batch.negatives_all_but_positive:
+                a, m = batch.neg_mask.shape
+                self._pending_negatives += a * (m - 1)
+                return
             if self._sums.device != batch.neg_mask.device:
                 self._sums = self._sums.to(batch.neg_mask.device)
-            a, m = batch.neg_mask.shape
-            if batch.negatives_all_but_positive:
-                self._sums[1] += a * (m - 1)
-            else:
-                self._sums[1] += count_true(batch.neg_mask).sum()
+            self._sums[1] += count_true(batch.neg_mask).sum()
             return
         # count_true: bool row counts without widening every entry to int64 (several x faster)
         n_negatives = count_true(batch.neg_mask)
@@ -106,6 +115,7 @@ class DetectionStats:
 
     def compute(self) -> dict[str, float]:
         """Reduce over ranks and return removed_fraction and, with labels, precision/recall/F1."""
+        self._fold_pending()
         s = dist_utils.all_reduce_sum(self._sums).cpu()
         out = {"removed_fraction": float(s[0] / s[1]) if s[1] > 0 else 0.0}
         if s[5] > 0:

@@ -69,7 +69,7 @@ def validate_sample_ids(ids: torch.Tensor, num_samples: int) -> None:
         f"sample ids must be an integer tensor, got {ids.dtype}",
         DataError,
     )
-    all_ids = dist_utils.gather_no_grad(ids.long())
+    all_ids = dist_utils.gather_no_grad(ids.long()) if dist_utils.is_distributed() else ids
     if all_ids.numel() == 0:
         return
     if all_ids.device.type == "cpu":  # a few Python passes over the ids beat tensor ops here
@@ -260,7 +260,8 @@ class ContrastiveObjective(nn.Module):
         value = ((1.0 / n) * terms.objective.double().view(n, -1).sum(1) / anchors).sum()
         logs = {f"{name}/{key}": val for name in batch.parts for key, val in terms.logs.items()}
         masks = dict(zip(batch.parts, keep.chunk(n), strict=True))
-        value = dist_utils.all_reduce_sum(value)
+        if dist_utils.is_distributed():  # one process: value is already a fresh tensor
+            value = dist_utils.all_reduce_sum(value)
         return ObjectiveOutput(loss=total, value=value, logs=logs, keep_masks=masks)
 
     def _scale(self, logit_scale: torch.Tensor | float | None) -> torch.Tensor:
