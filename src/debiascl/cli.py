@@ -132,9 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "configs`), with dotted overrides such as train.epochs=5 loss.temperature=0.5.",
     )
     train.add_argument("config", help="YAML file or built-in config name")
-    train.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        help="section.key=value overrides; a method's own settings sit under its name "
+        "(negatives.glofnd.lr=0.02, loss.sogclr.gamma=0.8; negatives.glofnd=null drops a block)",
+    )
     train.add_argument("--run-dir", help="run directory (default: output_dir/name)")
-    train.add_argument("--resume", help="'latest' or a checkpoint path")
+    train.add_argument("--resume", help="'latest', 'best' or a checkpoint path")
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     train.set_defaults(func=_cmd_train)
 
