@@ -136,6 +136,15 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _other_method(key: str, flats: list[dict[str, str]]) -> bool:
+    """Whether ``key`` is in the settings block of a loss / detector (``loss.dcl.eta``) that not
+    every compared run selects: that difference is already told by ``<section>.name``."""
+    parts = key.split(".")
+    if len(parts) < 3 or parts[0] not in ("loss", "negatives"):
+        return False
+    return {f.get(f"{parts[0]}.name") for f in flats} != {parts[1]}
+
+
 def _distinguish_labels(groups: list[dict[str, Any]], configs: dict[str, dict]) -> None:
     """Settings that share a name are labelled with the config keys in which they differ."""
     by_label: dict[str, list[dict[str, Any]]] = {}
@@ -147,7 +156,7 @@ def _distinguish_labels(groups: list[dict[str, Any]], configs: dict[str, dict]) 
         flats = [_flat(configs[g["key"]]) for g in same]
         keys = sorted({k for f in flats for k in f} - {"seed", "name", "output_dir"})
         keys = [k for k in keys if len({f.get(k, "(unset)") for f in flats}) > 1]
-        keys = [k for k in keys if k != "checkpoint.resume"]
+        keys = [k for k in keys if k != "checkpoint.resume" and not _other_method(k, flats)]
         for group, flat in zip(same, flats, strict=True):
             diff = ", ".join(f"{k}={flat.get(k, '(unset)')}" for k in keys)
             group["label"] = f"{group['label']} ({diff or group['key']})"
