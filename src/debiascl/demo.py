@@ -39,6 +39,15 @@ DEMO_METHODS: list[tuple[str, str, list[str]]] = [
             "negatives.glofnd.init=batch_quantile",
         ],
     ),
+    # Text evidence: the captions beside the images (data.side_captions; the model sees images
+    # only), removing negatives whose caption's MiniLM cosine to the anchor's is >= 0.8 -- the
+    # threshold chosen on a validation split in docs/experiments/fn_regimes.md (image-image, 10
+    # classes; the regime study's results are there).
+    (
+        "Text evidence (captions)",
+        "text_sim",
+        ["data.side_captions=true", "negatives.text_threshold=0.8", _START],
+    ),
     ("Oracle (labels)", "oracle", [_START]),
 ]
 
