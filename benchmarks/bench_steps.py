@@ -59,8 +59,9 @@ class _Step:
         self.x1, self.x2 = torch.randn(batch, 1, 28, 28), torch.randn(batch, 1, 28, 28)
         # Steady state: a pool of 4 batches visited in the warm-up, then random batches of it.
         gen = torch.Generator().manual_seed(1)
-        if num_samples <= 10**6:
-            self.pool = torch.randperm(num_samples, generator=gen)[: 4 * batch]
+        if num_samples <= 10**6:  # (a smaller N than 4 batches: whole batches of all N ids)
+            size = min(4 * batch, num_samples // batch * batch)
+            self.pool = torch.randperm(num_samples, generator=gen)[:size]
         else:  # no O(N) permutation: distinct random ids
             self.pool = torch.randint(0, num_samples, (8 * batch,), generator=gen).unique()
             self.pool = self.pool[torch.randperm(self.pool.numel(), generator=gen)[: 4 * batch]]
