@@ -1,0 +1,441 @@
+"""The false-negative regime study (issue 13): when does removing false negatives pay off?
+
+One command runs every cell (a regime x a method x a seed), skipping finished runs, and writes
+``docs/experiments/fn_regimes.md``::
+
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/fn_regimes/run.py all --workers 2
+
+Phases (each resumable; ``--workers`` splits the runs over that many processes):
+    ``tune``: every candidate setting of every detector, on a validation split held out of the
+        training data (``data.validation_size``), seed 100 (not a reported seed). The setting
+        with the best validation score is chosen per regime; the test split is never read.
+    ``test``: none / each detector at its chosen setting / oracle, seeds 0..N-1, on the test
+        split (same seed = same data, initialisation and order until masking starts: paired).
+    ``report``: per regime and method, the mean paired difference to none with a t interval,
+        the share of the oracle gain recovered, (method - none) / (oracle - none) over the
+        seed means, with a percentile bootstrap interval over seeds, and the training-set
+        detection precision / recall of the last epoch.
+
+Regimes are built from the built-in Fashion-MNIST (``data.classes`` picks the class subset, hence
+the false-negative base rate; ``data.subsample_classes`` makes one class dominant). They are
+synthetic and small (CPU-sized): the captions are class templates, so text evidence is strong by
+construction -- docs/experiments/fn_regimes.md says what that does and does not show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from multiprocessing import Process
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from debiascl.report import metric_at
+
+HERE = Path(__file__).resolve().parent
+RUNS = HERE / "runs"
+DOC = HERE.parents[1] / "docs" / "experiments" / "fn_regimes.md"
+
+HARD3 = "[2,4,6]"  # pullover, coat, shirt: the most confusable classes (FN base rate 1/3)
+
+COMMON = [
+    "data.train_size=2000",
+    "train.epochs=12",
+    "eval.probe_seeds=1",
+    "eval.linear_probe_fractions=[0.1]",
+    "eval.references=false",
+    "checkpoint.overwrite=true",
+]
+IT = ["fmnist_clip_glofnd"]  # bimodal SogCLR (t = 0.2), small CNN, frozen MiniLM captions
+II = ["fmnist_simclr"]  # SimCLR: NT-Xent (t = 0.2), small CNN, SimCLR augmentation
+IT_METRICS = ["zero_shot/accuracy", "linear_probe/10%/mean"]
+II_METRICS = ["linear_probe/10%/mean", "knn/accuracy"]
+
+#: regime -> (base config and overrides, reported metrics, label). Every metric is reported in
+#: every cell; settings are chosen on validation by the mean of the regime's metrics.
+REGIMES: dict[str, tuple[list[str], list[str], str]] = {
+    "it_3": (
+        [*IT, f"data.classes={HARD3}"],
+        IT_METRICS,
+        "image-text, 3 similar classes, 8 caption templates per class (near-identical reports)",
+    ),
+    "it_3_single": (
+        [*IT, f"data.classes={HARD3}", "data.caption_templates=single"],
+        IT_METRICS,
+        "image-text, 3 similar classes, one caption per class (identical reports)",
+    ),
+    "it_3_dominant": (
+        [
+            *IT,
+            f"data.classes={HARD3}",
+            "data.train_size=3000",
+            "data.subsample_classes=[1,2]",
+            "data.subsample_fraction=0.333",
+        ],
+        IT_METRICS,
+        "image-text, 3 similar classes, one class 60% of training (like 'no finding')",
+    ),
+    "it_10": ([*IT], IT_METRICS, "image-text, 10 classes, 8 caption templates per class"),
+    "ii_3": ([*II, f"data.classes={HARD3}"], II_METRICS, "image-image, 3 similar classes"),
+    "ii_10": ([*II], II_METRICS, "image-image, 10 classes"),
+}
+
+START = ["negatives.start_epoch=2"]
+#: every arm first resets the base config's detector settings (fmnist_clip_glofnd carries a
+#: glofnd block and start keys that other detectors do not read and would refuse)
+RESET = [
+    "negatives.glofnd=null",
+    "negatives.alpha=null",
+    "negatives.start_epoch=null",
+    "negatives.update_start_epoch=null",
+]
+#: method -> candidate settings (label -> overrides); several candidates are tuned on validation
+METHODS: dict[str, dict[str, list[str]]] = {
+    "none": {"": ["negatives.name=none"]},
+    "oracle": {"": ["negatives.name=oracle", *START]},
+    "fnc": {f"a{a}": ["negatives.name=fnc", f"negatives.alpha={a}", *START] for a in (0.05, 0.2)},
+    "glofnd": {
+        f"a{a}": [
+            "negatives.name=glofnd",
+            f"negatives.alpha={a}",
+            *START,
+            "negatives.update_start_epoch=1",
+            "negatives.glofnd.init=batch_quantile",
+            "negatives.glofnd.moment_init=binomial",
+            "negatives.glofnd.beta1=0.5",
+        ]
+        for a in (0.05, 0.2)
+    },
+    "text_sim": {
+        f"t{t}": ["negatives.name=text_sim", f"negatives.text_threshold={t}", *START]
+        for t in (0.8, 0.9)
+    },
+}
+TEXT_ONLY = {"text_sim"}
+#: image-image regimes give text_sim the captions as side evidence (reports beside the images;
+#: the model sees images only, so every other method's runs are unchanged by it)
+SIDE = ["data.side_captions=true"]
+TUNE_SEED = 100
+VALIDATION = ["data.validation_size=2000"]
+
+
+def methods_of(regime: str) -> list[str]:
+    return list(METHODS)
+
+
+def overrides_of(regime: str, method: str, label: str) -> list[str]:
+    side = SIDE if method in TEXT_ONLY and regime.startswith("ii") else []
+    reset = [r for r in RESET if not r.startswith(f"negatives.{method}=")]
+    return [*reset, *METHODS[method][label], *side]
+
+
+def jobs(phase: str, seeds: list[int], chosen: dict[str, dict[str, str]]) -> list[tuple]:
+    """(run_dir, config, overrides, seed) of every run of a phase."""
+    out = []
+    for regime, (base, _, _) in REGIMES.items():
+        for method in methods_of(regime):
+            candidates = METHODS[method]
+            if phase == "tune":
+                if len(candidates) < 2:
+                    continue
+                for label in candidates:
+                    run = RUNS / "tune" / regime / f"{method}_{label}"
+                    over = overrides_of(regime, method, label)
+                    out.append((run, base, [*over, *VALIDATION], TUNE_SEED))
+            else:
+                label = chosen.get(regime, {}).get(method, next(iter(candidates)))
+                for seed in seeds:
+                    run = RUNS / "test" / regime / method / f"seed{seed}"
+                    out.append((run, base, overrides_of(regime, method, label), seed))
+    return out
+
+
+def run_one(run_dir: Path, base: list[str], overrides: list[str], seed: int) -> None:
+    from debiascl.config import load_config
+    from debiascl.train.trainer import Trainer
+
+    config, *base_over = base
+    cfg = load_config(
+        config,
+        [*COMMON, *base_over, *overrides, f"seed={seed}", f"output_dir={run_dir.parent}"],
+    )
+    Trainer(cfg, run_dir=run_dir).fit(evaluate=True)
+
+
+def _worker(todo: list[tuple], index: int, workers: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    for i, (run, base, over, seed) in enumerate(todo):
+        if i % workers != index or (run / "summary.json").exists():
+            continue
+        t0 = time.perf_counter()
+        run_one(run, base, over, seed)
+        print(f"done {run.relative_to(RUNS)} in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def execute(todo: list[tuple], workers: int) -> None:
+    procs = [Process(target=_worker, args=(todo, i, workers)) for i in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise SystemExit(f"a worker failed (exit codes {failed}); see the log above")
+
+
+def score(run: Path, path: str) -> float:
+    file = run / "summary.json"
+    return metric_at(json.loads(file.read_text()), path) if file.exists() else math.nan
+
+
+def choose() -> dict[str, dict[str, str]]:
+    """The best validation setting of each tuned method per regime."""
+    chosen: dict[str, dict[str, str]] = {}
+    for regime, (_, metrics, _) in REGIMES.items():
+        for method in methods_of(regime):
+            cands = METHODS[method]
+            if len(cands) < 2:
+                continue
+            scores = {
+                lab: statistics.fmean(
+                    score(RUNS / "tune" / regime / f"{method}_{lab}", m) for m in metrics
+                )
+                for lab in cands
+            }
+            finite = {k: v for k, v in scores.items() if math.isfinite(v)}
+            if finite:
+                chosen.setdefault(regime, {})[method] = max(finite, key=finite.__getitem__)
+    return chosen
+
+
+def t_interval(diffs: list[float]) -> tuple[float, float, float]:
+    from scipy import stats
+
+    n = len(diffs)
+    m = statistics.fmean(diffs)
+    if n < 2:
+        return m, math.nan, math.nan
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def share_interval(d_method: np.ndarray, d_oracle: np.ndarray) -> tuple[float, float, float]:
+    """Recovered share mean(d_m) / mean(d_o) with a 95% percentile bootstrap over seeds."""
+    point = float(d_method.mean() / d_oracle.mean()) if d_oracle.mean() != 0 else math.nan
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(d_method), size=(10_000, len(d_method)))
+    num, den = d_method[idx].mean(1), d_oracle[idx].mean(1)
+    ok = den > 0  # resamples whose oracle gain vanished have no share
+    ratios = num[ok] / den[ok]
+    if ratios.size == 0:
+        return point, math.nan, math.nan
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+DETECTION = [
+    ("removed", "fn_detection/removed_fraction"),
+    ("precision", "fn_detection/precision"),
+    ("recall", "fn_detection/recall"),
+]
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return "-" if not math.isfinite(x) else f"{100 * x:.{digits}f}"
+
+
+def _interval(lo: float, hi: float, scale: float = 100.0, digits: int = 1) -> str:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "undefined"
+    return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def _cell(runs: Path, regime: str, metric: str, seeds: list[int]) -> dict[str, Any]:
+    """One metric of one regime: scores, paired differences to none, recovered share.
+
+    Each method is compared on the seeds where it, none and the oracle all finished.
+    """
+    score_of = {
+        m: {s: score(runs / m / f"seed{s}", metric) for s in seeds} for m in methods_of(regime)
+    }
+    rows: dict[str, Any] = {}
+    for m in methods_of(regime):
+        have = [
+            s for s in seeds if all(math.isfinite(score_of[k][s]) for k in (m, "none", "oracle"))
+        ]
+        vals = [score_of[m][s] for s in have]
+        diffs = [score_of[m][s] - score_of["none"][s] for s in have]
+        d_oracle = [score_of["oracle"][s] - score_of["none"][s] for s in have]
+        row: dict[str, Any] = {
+            "seeds": have,
+            "scores": vals,
+            "mean": statistics.fmean(vals) if vals else math.nan,
+            "std": statistics.stdev(vals) if len(vals) > 1 else math.nan,
+        }
+        if m != "none" and len(have) > 1:
+            row["diff"] = t_interval(diffs)
+            oracle_lo = t_interval(d_oracle)[1]
+            if m != "oracle" and oracle_lo > 0:  # a share of a gain that is not there is noise
+                row["share"] = share_interval(np.array(diffs), np.array(d_oracle))
+        rows[m] = row
+    return {"seeds": rows["none"]["seeds"], "rows": rows}
+
+
+def analyse(seeds: list[int], chosen: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Per regime: each metric's cell, and each method's setting and detection quality."""
+    out: dict[str, Any] = {}
+    for regime, (_, metrics, label) in REGIMES.items():
+        runs = RUNS / "test" / regime
+        if not (runs / "none").is_dir():
+            continue  # a regime not run (yet)
+        detection = {}
+        for m in methods_of(regime):
+            det = {}
+            for name, key in DETECTION:
+                vals = [score(runs / m / f"seed{s}", key) for s in seeds]
+                vals = [v for v in vals if math.isfinite(v)]
+                det[name] = statistics.fmean(vals) if vals else math.nan
+            detection[m] = det
+        out[regime] = {
+            "label": label,
+            "settings": {m: chosen.get(regime, {}).get(m, "") for m in methods_of(regime)},
+            "detection": detection,
+            "metrics": {metric: _cell(runs, regime, metric, seeds) for metric in metrics},
+        }
+    return out
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """From the paired t interval of (method - none) and the recovered share.
+
+    helps: the interval lies above 0 and the share is at least one half; helps a little: above
+    0 with a smaller share (or no oracle gain to share); hurts: the interval lies below 0;
+    otherwise no clear effect.
+    """
+    diff, share = row.get("diff"), row.get("share")
+    if not diff or not math.isfinite(diff[1]):
+        return "no clear effect"
+    if diff[1] > 0:
+        return "helps" if share and share[0] >= 0.5 else "helps a little"
+    if diff[2] < 0:
+        return "hurts"
+    return "no clear effect"
+
+
+METRIC_NAMES = {
+    "zero_shot/accuracy": "zero-shot",
+    "linear_probe/10%/mean": "LP 10%",
+    "knn/accuracy": "kNN",
+}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = []
+    for regime, reg in result.items():
+        lines += [f"### {reg['label']} (`{regime}`)", ""]
+        det = reg["detection"]
+        lines += [
+            "| method | setting (chosen on validation) | removed % | precision % | recall % |",
+            "|---|---|---|---|---|",
+        ]
+        for m, d in det.items():
+            lines.append(
+                f"| {m} | {reg['settings'][m] or '-'} | {_pct(d['removed'])} | "
+                f"{_pct(d['precision'])} | {_pct(d['recall'])} |"
+            )
+        lines.append("")
+        for metric, cell in reg["metrics"].items():
+            lines += [
+                f"{METRIC_NAMES.get(metric, metric)}:",
+                "",
+                "| method | seeds | % (mean ± sd) | vs none, paired (95% t) | recovered share "
+                "of the oracle gain (95% bootstrap) | verdict |",
+                "|---|---|---|---|---|---|",
+            ]
+            for m, row in cell["rows"].items():
+                diff = row.get("diff")
+                d = f"{100 * diff[0]:+.1f} {_interval(diff[1], diff[2])}" if diff else "-"
+                share = row.get("share")
+                sh = f"{share[0]:.2f} {_interval(share[1], share[2], 1, 2)}" if share else "-"
+                v = verdict(row) if m not in ("none", "oracle") else "-"
+                lines.append(
+                    f"| {m} | {len(row['seeds'])} | {_pct(row['mean'])} ± {_pct(row['std'])} | "
+                    f"{d} | {sh} | {v} |"
+                )
+            lines.append("")
+    return "\n".join(lines)
+
+
+def validation_table() -> str:
+    """The tuning runs: each candidate's validation scores (seed 100), per regime."""
+    lines = [
+        "| regime | candidate | metrics on validation (%) | mean | removed % | precision % |",
+        "|---|---|---|---|---|---|",
+    ]
+    for regime, (_, metrics, _) in REGIMES.items():
+        for run in sorted((RUNS / "tune" / regime).glob("*/summary.json")):
+            vals = [score(run.parent, m) for m in metrics]
+            if not all(math.isfinite(v) for v in vals):
+                continue
+            pairs = zip(metrics, vals, strict=True)
+            named = ", ".join(f"{METRIC_NAMES.get(m, m)} {100 * v:.1f}" for m, v in pairs)
+            det = [score(run.parent, key) for _, key in DETECTION[:2]]
+            lines.append(
+                f"| {regime} | {run.parent.name} | {named} | {100 * statistics.fmean(vals):.1f} | "
+                f"{_pct(det[0])} | {_pct(det[1])} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("phase", choices=["tune", "test", "report", "all"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--regimes", nargs="*", help="a subset of the regimes")
+    parser.add_argument("--methods", nargs="*", help="run only these methods (tune / test)")
+    args = parser.parse_args(argv)
+    if args.regimes:
+        for r in set(REGIMES) - set(args.regimes):
+            REGIMES.pop(r)
+
+    def only(todo: list[tuple]) -> list[tuple]:
+        keep = set(args.methods or METHODS)
+
+        def method(
+            run: Path,
+        ) -> str:  # test/<regime>/<method>/seedN or tune/<regime>/<method>_<setting>
+            name = run.relative_to(RUNS).parts[2]
+            return next((m for m in keep if name == m or name.startswith(m + "_")), "")
+
+        return [j for j in todo if method(j[0])]
+
+    if args.phase in ("tune", "all"):
+        execute(only(jobs("tune", args.seeds, {})), args.workers)
+    chosen = choose()
+    (RUNS / "chosen.json").parent.mkdir(parents=True, exist_ok=True)
+    (RUNS / "chosen.json").write_text(json.dumps(chosen, indent=2) + "\n")
+    if args.phase in ("test", "all"):
+        execute(only(jobs("test", args.seeds, chosen)), args.workers)
+    result = analyse(args.seeds, chosen)
+    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    (HERE / "results.md").write_text(text + "\n")
+    (HERE / "validation.md").write_text(validation_table() + "\n")
+    (HERE / "chosen.json").write_text(json.dumps(chosen, indent=2) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
