@@ -42,15 +42,9 @@ def run(run_dir: Path, overrides: list[str] = (), config: str = "digits_simclr")
     return trainer
 
 
-def run_until_signal(
-    run_dir: Path,
-    stop_after: int,
-    overrides: list[str] = (),
-    config: str = "digits_simclr",
-    signum: int = signal.SIGUSR1,
-) -> RunInterrupted:
-    """Train and send ourselves ``signum`` during step ``stop_after`` (1-based); expect a stop."""
-    trainer = make_trainer(run_dir, overrides, config)
+def signal_during_step(trainer: Trainer, stop_after: int, signum: int = signal.SIGUSR1) -> None:
+    """Make ``trainer`` send this process ``signum`` at the end of its ``stop_after``-th train
+    step (1-based, counting the steps after this call): a real signal, handled as a stop."""
     original = trainer.train_step
     calls = {"n": 0}
 
@@ -62,6 +56,18 @@ def run_until_signal(
         return out
 
     trainer.train_step = step  # type: ignore[method-assign]
+
+
+def run_until_signal(
+    run_dir: Path,
+    stop_after: int,
+    overrides: list[str] = (),
+    config: str = "digits_simclr",
+    signum: int = signal.SIGUSR1,
+) -> RunInterrupted:
+    """Train and send ourselves ``signum`` during step ``stop_after`` (1-based); expect a stop."""
+    trainer = make_trainer(run_dir, overrides, config)
+    signal_during_step(trainer, stop_after, signum)
     try:
         trainer.fit(evaluate=False)
     except RunInterrupted as err:

@@ -6,7 +6,6 @@ checkpointed and restored to that rank)."""
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from debiascl.train import checkpoint as ckpt
 from debiascl.train.trainer import RunInterrupted
 from distributed_helpers import run_distributed
-from reliability_helpers import make_trainer, metrics, tensors_of
+from reliability_helpers import make_trainer, metrics, signal_during_step, tensors_of
 
 OVERRIDES = ["negatives.name=glofnd", "negatives.alpha=0.1", "train.epochs=2"]
 
@@ -28,17 +27,8 @@ def _worker(rank: int, world_size: int, root: str) -> dict:
     want = tensors_of(ref)
 
     stopped = make_trainer(root_dir / "run", OVERRIDES)
-    original = stopped.train_step
-    calls = {"n": 0}
-
-    def step(batch, ctx):
-        out = original(batch, ctx)
-        calls["n"] += 1
-        if rank == 1 and calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return out
-
-    stopped.train_step = step
+    if rank == 1:  # a real SIGUSR1 during step 5 on one rank only
+        signal_during_step(stopped, 5)
     code = None
     try:
         stopped.fit(evaluate=False)

@@ -9,9 +9,7 @@ full tables and metrics too.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from debiascl.state.sharded import ShardedSampleTable
 from debiascl.train.table_shards import sample_tables
 from debiascl.train.trainer import RunInterrupted
 from distributed_helpers import run_distributed
-from reliability_helpers import make_trainer, metrics
+from reliability_helpers import make_trainer, metrics, signal_during_step
 
 METHOD = ["loss.name=sogclr", "negatives.name=glofnd", "negatives.alpha=0.1", "train.epochs=2"]
 SHARDED = [*METHOD, "loss.table_sharding=sharded", "negatives.table_sharding=sharded"]
@@ -45,17 +43,8 @@ def _worker(rank: int, world_size: int, root: str) -> dict:
     want = _weights_and_tables(ref)
 
     stopped = make_trainer(root_dir / "run", SHARDED)
-    original = stopped.train_step
-    calls = {"n": 0}
-
-    def step(batch, ctx):
-        out = original(batch, ctx)
-        calls["n"] += 1
-        if rank == 1 and calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return out
-
-    stopped.train_step = step
+    if rank == 1:  # a real SIGUSR1 during step 5 on one rank only
+        signal_during_step(stopped, 5)
     with pytest.raises(RunInterrupted):
         stopped.fit(evaluate=False)
     files = sorted(p.name for p in (root_dir / "run" / "checkpoints").iterdir())
