@@ -7,7 +7,7 @@ a loss's own hyper-parameters sit under its name, e.g. ``loss: {name: sogclr, so
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -60,7 +60,7 @@ class LossConfig(MethodSection):
     """Contrastive loss (registry ``debiascl.registry.LOSSES``) and its settings."""
 
     KIND = "loss"
-    TYPED_SETTINGS = {
+    TYPED_SETTINGS: ClassVar[dict[str, type[MethodSettings]]] = {
         "sogclr": SogCLRSettings,
         "dcl": DCLSettings,
         "hcl": HCLSettings,

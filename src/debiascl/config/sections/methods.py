@@ -165,8 +165,9 @@ class MethodSection(Section):
             if moved is not None:
                 raise moved
             raise ConfigError(
-                f"unknown key '{kind}.{key}' (section keys: {', '.join(type(self).model_fields)}; a "
-                f"method's own settings go under {kind}.<name>, registered: {', '.join(names)})"
+                f"unknown key '{kind}.{key}' (section keys: "
+                f"{', '.join(type(self).model_fields)}; a method's own settings go under "
+                f"{kind}.<name>, registered: {', '.join(names)})"
             )
         if key != name:
             raise ConfigError(

@@ -12,7 +12,7 @@ threshold update rule (optimizer, lr, betas, eps, init) in its own subsection, e
 from __future__ import annotations
 
 import inspect
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -83,7 +83,7 @@ class NegativesConfig(MethodSection):
     """False-negative detector (registry ``debiascl.registry.DETECTORS``) and its settings."""
 
     KIND = "negatives"
-    TYPED_SETTINGS = {
+    TYPED_SETTINGS: ClassVar[dict[str, type[MethodSettings]]] = {
         "none": MethodSettings,
         "fnc": MethodSettings,
         "oracle": MethodSettings,
