@@ -267,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     shown = warnings.showwarning
+    _SHOWN_WARNINGS.clear()  # each text once per command, not once per process
     if not args.debug:
         warnings.showwarning = _warning_line
     try:
