@@ -6,8 +6,6 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from pydantic import BaseModel
-
 from debiascl.config.schema import RunConfig
 from debiascl.errors import ConfigError
 
@@ -27,14 +25,6 @@ PER_SAMPLE_THRESHOLDS = ("glofnd", "stable_glofnd", "eta_glofnd", "text_sim")
 _NEAR_ONE = 0.9
 
 
-def _changed(section: BaseModel, key: str) -> bool:
-    """True when ``key`` was given (not left to its default) and differs from the default."""
-    if key not in section.model_fields_set:
-        return False
-    default = type(section).model_fields[key].get_default(call_default_factory=True)
-    return getattr(section, key) != default
-
-
 def check_ignored_by_mode(cfg: RunConfig) -> None:
     """Refuse text-tower and text-evaluation settings in an image-image run (one line).
 
@@ -44,13 +34,12 @@ def check_ignored_by_mode(cfg: RunConfig) -> None:
     """
     if cfg.data.mode != "image_image":
         return
-    for section, keys, why in (
-        (cfg.model, TEXT_TOWER_KEYS, "an image-image run builds no text tower"),
-        (cfg.eval, TEXT_EVAL_SETTINGS, "zero-shot and retrieval need a text tower"),
+    for name, section, keys, why in (
+        ("model", cfg.model, TEXT_TOWER_KEYS, "an image-image run builds no text tower"),
+        ("eval", cfg.eval, TEXT_EVAL_SETTINGS, "zero-shot and retrieval need a text tower"),
     ):
-        name = "model" if section is cfg.model else "eval"
         for key in keys:
-            if _changed(section, key):
+            if section.changed(key):
                 raise ConfigError(
                     f"{name}.{key}={getattr(section, key)} is not used with "
                     f"data.mode=image_image ({why}); remove it or set data.mode=image_text"

@@ -254,13 +254,10 @@ def refuse_unread_keys(section: MethodSection, saved: Mapping[str, Any] | None =
         return
     kind, name, saved = section.KIND, section.name, saved or {}
     unread = []
-    for key, field in type(section).model_fields.items():
-        if key in read or key not in section.model_fields_set:
+    for key in type(section).model_fields:
+        if key in read or not section.changed(key):
             continue
-        value = getattr(section, key)
-        if value == field.get_default(call_default_factory=True):
-            continue
-        if key in saved and saved[key] == value:
+        if key in saved and saved[key] == getattr(section, key):
             continue
         unread.append(key)
     if not unread:
