@@ -139,11 +139,18 @@ def overrides_of(regime: str, method: str, label: str) -> list[str]:
     return [*reset, *METHODS[method][label], *side]
 
 
-def jobs(phase: str, seeds: list[int], chosen: dict[str, dict[str, str]]) -> list[tuple]:
-    """(run_dir, config, overrides, seed) of every run of a phase."""
+def jobs(
+    phase: str,
+    seeds: list[int],
+    chosen: dict[str, dict[str, str]],
+    methods: list[str] | None = None,
+) -> list[tuple]:
+    """(run_dir, config, overrides, seed) of every run of a phase (``methods``: only these)."""
     out = []
     for regime, (base, _, _) in REGIMES.items():
         for method in methods_of(regime):
+            if methods and method not in methods:
+                continue
             candidates = METHODS[method]
             if phase == "tune":
                 if len(candidates) < 2:
@@ -316,24 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in set(REGIMES) - set(args.regimes):
             REGIMES.pop(r)
 
-    def only(todo: list[tuple]) -> list[tuple]:
-        keep = set(args.methods or METHODS)
-
-        def method(
-            run: Path,
-        ) -> str:  # test/<regime>/<method>/seedN or tune/<regime>/<method>_<setting>
-            name = run.relative_to(RUNS).parts[2]
-            return next((m for m in keep if name == m or name.startswith(m + "_")), "")
-
-        return [j for j in todo if method(j[0])]
-
     if args.phase in ("tune", "all"):
-        execute(only(jobs("tune", args.seeds, {})), args.workers)
+        execute(jobs("tune", args.seeds, {}, args.methods), args.workers)
     chosen = choose()
     (RUNS / "chosen.json").parent.mkdir(parents=True, exist_ok=True)
     (RUNS / "chosen.json").write_text(json.dumps(chosen, indent=2) + "\n")
     if args.phase in ("test", "all"):
-        execute(only(jobs("test", args.seeds, chosen)), args.workers)
+        execute(jobs("test", args.seeds, chosen, args.methods), args.workers)
     result = analyse(args.seeds, chosen)
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
