@@ -172,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         "references computed in the same run.",
     )
     demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--quick", action="store_true", help="a one-minute smoke version")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke version (16 steps per method; about a minute once set up)",
+    )
     demo.add_argument(
         "--methods", nargs="*", default=None, help="subset of methods to run (default: all)"
     )
