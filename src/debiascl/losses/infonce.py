@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from debiascl import distributed as dist_utils
 from debiascl.errors import check
+from debiascl.losses.nt_xent_fused import fused_nt_xent
 from debiascl.numerics import at_least_float32, unit_rows
 from debiascl.pairs import clip_pairs, simclr_pairs
 
@@ -64,8 +66,42 @@ def nt_xent(
             negative from the anchor's denominator. Self and positive entries are ignored.
 
     Returns:
-        Scalar loss. Under DDP the candidates are all-gathered (see :mod:`debiascl.pairs`).
+        Scalar loss. Under DDP the candidates are all-gathered (see :mod:`debiascl.pairs`);
+        in one process a fused kernel with a hand-written backward computes the same loss
+        (:mod:`debiascl.losses.nt_xent_fused`; differentiable once).
+
+    Raises:
+        DebiasclError: t <= 0, z1 / z2 not of the same (B, D) shape, or a keep_mask that is not
+            a (2B, 2B) bool tensor.
     """
+    check(temperature > 0, f"temperature must be > 0, got {temperature}")
+    if dist_utils.is_distributed():
+        return nt_xent_general(z1, z2, temperature, keep_mask)
+    check(z1.dim() == 2, f"z1 must have shape (batch, dim), got {tuple(z1.shape)}")
+    check(
+        z1.shape == z2.shape,
+        f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}",
+    )
+    n = 2 * z1.shape[0]
+    if keep_mask is not None:
+        check(
+            keep_mask.shape == (n, n) and keep_mask.dtype == torch.bool,
+            f"keep_mask must be a bool tensor of shape {(n, n)}, got "
+            f"{keep_mask.dtype} {tuple(keep_mask.shape)}",
+        )
+    return fused_nt_xent(unit_rows(torch.cat([z1, z2]), dim=1), temperature, keep_mask)
+
+
+def nt_xent_general(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.1,
+    keep_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`nt_xent` through :func:`~debiascl.pairs.simclr_pairs` and
+    :func:`masked_info_nce` with autograd's backward: the path under DDP (candidates
+    all-gathered) and the reference the one-process kernel is tested against. Same arguments,
+    result and errors as :func:`nt_xent`."""
     check(temperature > 0, f"temperature must be > 0, got {temperature}")
     ids = torch.arange(z1.shape[0], device=z1.device)
     batch = simclr_pairs(z1, z2, ids)
