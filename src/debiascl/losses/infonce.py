@@ -89,7 +89,7 @@ def nt_xent(
             f"keep_mask must be a bool tensor of shape {(n, n)}, got "
             f"{keep_mask.dtype} {tuple(keep_mask.shape)}",
         )
-    return fused_nt_xent(unit_rows(torch.cat([z1, z2]), dim=1), temperature, keep_mask)
+    return fused_nt_xent(z1, z2, temperature, keep_mask)
 
 
 def nt_xent_general(
