@@ -7,6 +7,7 @@ from torch import nn
 from debiascl.config.schema import DataConfig
 from debiascl.data import sources as _sources  # noqa: F401  (registers the built-in datasets)
 from debiascl.data import synthetic_attr as _synthetic_attr  # noqa: F401  (synthetic_attr)
+from debiascl.data import tinted as _tinted  # noqa: F401  (tinted_fashion_mnist)
 from debiascl.data.augment import make_augment
 from debiascl.data.build import DataBundle, assemble_data
 from debiascl.data.classes import select_classes

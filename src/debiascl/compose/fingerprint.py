@@ -21,7 +21,7 @@ from debiascl.config.schema import RunConfig
 EVAL_ONLY_DATA_KEYS = frozenset(
     {"num_workers", "on_bad_image", "test_size", "test_manifest", "test_shards"}
 )
-_BUILTIN_DATASETS = {"fashion_mnist", "digits", "synthetic_attr"}
+_BUILTIN_DATASETS = {"fashion_mnist", "digits", "synthetic_attr", "tinted_fashion_mnist"}
 
 
 def data_fingerprint(cfg: RunConfig) -> dict[str, Any]:

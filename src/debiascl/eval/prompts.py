@@ -23,7 +23,7 @@ from debiascl.errors import ConfigError
 from debiascl.eval.zero_shot import GENERIC_TEMPLATES
 
 #: Datasets whose captions come from :mod:`debiascl.data.captions` templates.
-CAPTIONED_BUILTINS = ("fashion_mnist", "digits", "synthetic_attr")
+CAPTIONED_BUILTINS = ("fashion_mnist", "digits", "synthetic_attr", "tinted_fashion_mnist")
 
 
 @dataclass

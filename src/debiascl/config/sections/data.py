@@ -28,7 +28,7 @@ DATASET_KEYS: dict[str, frozenset[str]] = {
     },
     "shards": frozenset({"shards"}),
     "test_shards": frozenset({"shards"}),
-    "root": frozenset({"fashion_mnist", "image_folder", "synthetic_attr"}),
+    "root": frozenset({"fashion_mnist", "image_folder", "synthetic_attr", "tinted_fashion_mnist"}),
     "on_bad_image": _IMAGE_FILES,
     "high_bit_scaling": _IMAGE_FILES,
     **{
@@ -37,7 +37,15 @@ DATASET_KEYS: dict[str, frozenset[str]] = {
     },
 }
 BUILTIN_DATASETS = frozenset(
-    {"fashion_mnist", "digits", "manifest", "image_folder", "synthetic_attr", "shards"}
+    {
+        "fashion_mnist",
+        "digits",
+        "manifest",
+        "image_folder",
+        "synthetic_attr",
+        "tinted_fashion_mnist",
+        "shards",
+    }
 )
 
 
@@ -47,7 +55,8 @@ class DataConfig(Section):
     dataset: str = Field(
         "fashion_mnist",
         description="a name registered in debiascl.registry.DATASETS (built-in: fashion_mnist, "
-        "digits, manifest, image_folder, synthetic_attr, shards); checked when the data is built",
+        "digits, manifest, image_folder, synthetic_attr, tinted_fashion_mnist, shards); checked "
+        "when the data is built",
     )
     mode: Literal["image_image", "image_text"] = "image_image"
     root: str | None = Field(
