@@ -18,12 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.bench_full_step import full_step_by_n, spread_ids
 from benchmarks.common import interleaved, table
 from benchmarks.glofnd_overhead import build_encoder
 from debiascl.negatives.glofnd import LAMBDA_COLUMNS, GloFNDDetector
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.objectives.sogclr_loss import U_COLUMNS, GlobalContrastiveLoss
 from debiascl.state.sharded import ShardedSampleTable
+
+# full_step_by_n (section 3b) lives in bench_full_step; run_all reaches it through this module
+__all__ = ["full_step_by_n", "glofnd_share", "sharded_memory", "table_cost"]
 
 
 class _ThreadTimed(nn.Module):
@@ -41,9 +45,20 @@ class _ThreadTimed(nn.Module):
 
 
 class _Step:
-    """One SimCLR training step with SogCLR + GloFND over an id space of size N."""
+    """One SimCLR training step with SogCLR + GloFND over an id space of size N.
 
-    def __init__(self, batch: int, num_samples: int, alpha: float, placement: str = "device"):
+    ``pool``: the ids the measured steps draw their batches from (default: 4 batches of distinct
+    random ids, or whole batches of all N ids when N is smaller); the warm-up visits each once.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        num_samples: int,
+        alpha: float,
+        placement: str = "device",
+        pool: torch.Tensor | None = None,
+    ):
         torch.manual_seed(0)
         self.encoder = build_encoder()
         self.opt = torch.optim.AdamW(self.encoder.parameters(), lr=1e-3)
@@ -57,19 +72,17 @@ class _Step:
             num_samples=num_samples,
         )
         self.x1, self.x2 = torch.randn(batch, 1, 28, 28), torch.randn(batch, 1, 28, 28)
-        # Steady state: a pool of 4 batches visited in the warm-up, then random batches of it.
+        # Steady state: a pool of batches visited in the warm-up, then random batches of it.
         gen = torch.Generator().manual_seed(1)
-        if num_samples <= 10**6:  # (a smaller N than 4 batches: whole batches of all N ids)
+        if pool is None:
             size = min(4 * batch, num_samples // batch * batch)
-            self.pool = torch.randperm(num_samples, generator=gen)[:size]
-        else:  # no O(N) permutation: distinct random ids
-            self.pool = torch.randint(0, num_samples, (8 * batch,), generator=gen).unique()
-            self.pool = self.pool[torch.randperm(self.pool.numel(), generator=gen)[: 4 * batch]]
-        self.batch, self.num_samples, self.gen = batch, num_samples, gen
+            pool = spread_ids(num_samples, size, gen)
+        self.pool, self.batch, self.num_samples, self.gen = pool, batch, num_samples, gen
         for part in self.pool.split(batch):
             self.step(part)
 
-    def step(self, ids: torch.Tensor | None = None) -> None:
+    def step(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One training step on ``ids`` (default: a random batch of the pool); returns the loss."""
         if ids is None:
             ids = self.pool[torch.randperm(self.pool.numel(), generator=self.gen)[: self.batch]]
         out = self.objective(
@@ -78,6 +91,7 @@ class _Step:
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.opt.step()
+        return out.loss.detach()
 
 
 def glofnd_share(batch: int = 256, rounds: int = 10) -> tuple[str, dict]:
@@ -107,8 +121,14 @@ def glofnd_share(batch: int = 256, rounds: int = 10) -> tuple[str, dict]:
 def table_cost(
     batch: int = 256, sizes: tuple[int, ...] = (10**3, 10**5, 10**7, 10**8), rounds: int = 200
 ) -> tuple[str, dict]:
-    """Section 3: per-step table read + write cost by N and placement, bytes per id."""
+    """Section 3: per-step table read + write cost by N and placement, bytes per id.
+
+    Where N holds a new batch of ids for every call (N >= B x calls), each call reads and writes
+    rows spread over the whole id space that no earlier call touched (cold in cache and TLB, as
+    in an epoch over N ids); a smaller N cycles through random batches of its ids.
+    """
     gen = torch.Generator().manual_seed(2)
+    calls = rounds + 3  # interleaved's warm-up below
     setups: dict[str, tuple[Any, Any, list[torch.Tensor]]] = {}
     for n in sizes:
         # On a machine without an accelerator both placements are host memory; the "cpu" row
@@ -116,19 +136,18 @@ def table_cost(
         for placement in ("device", "cpu") if n <= 10**7 else ("device",):
             lam = GloFNDDetector(n, alpha=0.05, placement=placement).tables["image"]
             u = GlobalContrastiveLoss(n, placement=placement).tables["image"]
-            ids = [torch.randperm(min(n, 4 * batch), generator=gen)[:batch] for _ in range(8)]
-            if n > 4 * batch:  # spread over the whole id space (cache misses included)
-                stride = n // (4 * batch)
-                ids = [i * stride + torch.randint(0, stride, (1,), generator=gen) for i in ids]
+            if n >= batch * calls:
+                ids = list(spread_ids(n, batch * calls, gen).split(batch))
+            else:
+                ids = [torch.randperm(n, generator=gen)[:batch] for _ in range(8)]
             setups[f"{n:.0e} {placement}"] = (lam, u, ids)
-    counter = [0]
 
     def ops(key: str) -> Any:
         lam, u, ids = setups[key]
+        counter = iter(range(10**9))
 
         def call() -> None:
-            i = ids[counter[0] % len(ids)]
-            counter[0] += 1
+            i = ids[next(counter) % len(ids)]
             lam.write(i, lam.read(i))
             u.write(i, u.read(i))
 
@@ -145,20 +164,6 @@ def table_cost(
     )
     results = {"table ratio max N / 1e3": med[f"{sizes[-1]:.0e} device"] / base}
     return text, results
-
-
-def full_step_by_n(
-    batch: int = 256, sizes: tuple[int, int] = (10**3, 10**8), rounds: int = 10
-) -> tuple[str, dict]:
-    """Section 3: the whole training step at the smallest vs the largest id space."""
-    steps = {n: _Step(batch, n, 0.05) for n in sizes}
-    med = interleaved({f"N = {n:.0e}": st.step for n, st in steps.items()}, rounds, warmup=1)
-    small, large = (med[f"N = {n:.0e}"] for n in sizes)
-    text = table(
-        [f"step (SogCLR + GloFND, B = {batch})", "CPU ms"], [[k, 1e3 * v] for k, v in med.items()]
-    )
-    text += f"\n\nRatio N = {sizes[1]:.0e} / N = {sizes[0]:.0e}: {large / small:.3f}"
-    return text, {"full step ratio": large / small}
 
 
 def sharded_memory(num_samples: int = 10**8, worlds: tuple[int, ...] = (1, 2, 4, 8)) -> str:
