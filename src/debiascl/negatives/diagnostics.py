@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from debiascl import distributed as dist_utils
+from debiascl.negatives.mask_counts import kept_negatives, negative_counts
 from debiascl.negatives.thresholds import count_true
 from debiascl.pairs import PairwiseBatch
 
@@ -79,36 +80,39 @@ class DetectionStats:
                 return
             if self._sums.device != batch.neg_mask.device:
                 self._sums = self._sums.to(batch.neg_mask.device)
-            self._sums[1] += count_true(batch.neg_mask).sum()
+            self._sums[1] += negative_counts(batch).sum()
             return
-        # count_true: bool row counts without widening every entry to int64 (several x faster)
-        n_negatives = count_true(batch.neg_mask)
-        removed = None if keeps_all else batch.neg_mask & ~keep
-        n_removed = (
-            torch.zeros_like(n_negatives) if removed is None else count_true(removed)
-        ).double()
-        zero = n_removed.new_zeros(())
-        parts = [n_removed.sum(), n_negatives.sum().double()]
+        # row counts shared with the rest of the step (mask_counts): the removed negatives of a
+        # row are its negatives minus its kept ones
+        n_negatives = negative_counts(batch)
+        if keeps_all:
+            n_removed = torch.zeros_like(n_negatives).double()
+        else:
+            n_removed = (n_negatives - kept_negatives(batch, keep)[1]).double()
         same = batch.same_label_mask()
         known = batch.known_label_mask()
-        if same is None or known is None:
-            parts += [zero] * 7
+        if same is None or known is None:  # the two unlabelled sums only
+            if self._sums.device != n_removed.device:
+                self._sums = self._sums.to(n_removed.device)
+            self._sums[:2] += torch.stack([n_removed.sum(), n_negatives.sum().double()])
+            return
+        removed = None if keeps_all else batch.neg_mask & ~keep
+        parts = [n_removed.sum(), n_negatives.sum().double()]
+        n_same = count_true(same).double()
+        if removed is None:
+            hits = n_removed_known = n_removed
         else:
-            n_same = count_true(same).double()
-            if removed is None:
-                hits = n_removed_known = n_removed
-            else:
-                hits = count_true(removed & same).double()
-                n_removed_known = count_true(removed & known).double()
-            parts += [
-                (hits / n_removed_known.clamp_min(1)).sum(),  # rows with nothing removed add 0
-                (n_removed_known > 0).sum().double(),
-                (hits / n_same.clamp_min(1)).sum(),
-                (n_same > 0).sum().double(),
-                n_same.sum(),
-                hits.sum(),
-                count_true(known).sum().double(),
-            ]
+            hits = count_true(removed & same).double()
+            n_removed_known = count_true(removed & known).double()
+        parts += [
+            (hits / n_removed_known.clamp_min(1)).sum(),  # rows with nothing removed add 0
+            (n_removed_known > 0).sum().double(),
+            (hits / n_same.clamp_min(1)).sum(),
+            (n_same > 0).sum().double(),
+            n_same.sum(),
+            hits.sum(),
+            count_true(known).sum().double(),
+        ]
         if self._sums.device != n_removed.device:
             self._sums = self._sums.to(n_removed.device)
         self._sums += torch.stack(parts)

@@ -30,9 +30,11 @@ from torch import nn
 from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.context import StepContext
+from debiascl.negatives.mask_counts import negative_counts
 from debiascl.negatives.start_rules import TextAgreementStart
 from debiascl.negatives.thresholds import (
     ThresholdRule,
+    at_or_below_rows,
     batch_quantile,
     threshold_gradient,
 )
@@ -68,11 +70,19 @@ def pooled_quantile(
         return q if subset is None else q[subset]
     if groups.layout == "two_views":
         g = groups.ids.shape[0]
-        rows = torch.arange(g, device=sim.device) if subset is None else subset
-        sim = torch.cat([sim[rows], sim[rows + g]], dim=1)
-        neg_mask = torch.cat([neg_mask[rows], neg_mask[rows + g]], dim=1)
+        if subset is None:  # each id's two rows side by side
+            sim, neg_mask = (
+                torch.cat([sim[:g], sim[g:]], dim=1),
+                torch.cat([neg_mask[:g], neg_mask[g:]], dim=1),
+            )
+        else:  # index_select: several times faster than advanced indexing for a few rows
+            second = subset + g
+            sim = torch.cat([sim.index_select(0, subset), sim.index_select(0, second)], dim=1)
+            neg_mask = torch.cat(
+                [neg_mask.index_select(0, subset), neg_mask.index_select(0, second)], dim=1
+            )
     elif subset is not None:
-        sim, neg_mask = sim[subset], neg_mask[subset]
+        sim, neg_mask = sim.index_select(0, subset), neg_mask.index_select(0, subset)
     if isinstance(alpha, torch.Tensor) and subset is not None:
         alpha = alpha[subset]
     return batch_quantile(sim, neg_mask, alpha)
@@ -247,19 +257,23 @@ class GloFNDDetector(ScheduledDetector):
         alpha = self.anchor_alpha(groups)
         table = self.table(batch.name)
         lam, m, v, visits = table.read(groups.ids, batch.ids_checked_below).unbind(1)
+        any_fresh = False
         if self.rule.init == "batch_quantile":
             first = visits == 0
             fresh = first.nonzero().squeeze(1)
-            if fresh.numel() > 0:  # partial sorts only for never-seen ids (the first epoch)
+            any_fresh = fresh.numel() > 0
+            if any_fresh:  # partial sorts only for never-seen ids (the first epoch)
                 lam = lam.index_put(
                     (fresh,), pooled_quantile(sim, batch.neg_mask, groups, alpha, fresh)
                 )
-        above, total = threshold_gradient(sim, batch.neg_mask, groups.expand(lam), self.alpha)
+        above, total = threshold_gradient(
+            sim, batch.neg_mask, groups.expand(lam), self.alpha, negative_counts(batch)
+        )
         n = groups.pool_sum(total).clamp_min(1.0)
         grad = alpha - groups.pool_sum(above) / n
         warm = self.moment_init == "binomial"
         new_lam, new_m, new_v = self.rule.step(lam, m, v, grad, visits, bias_correction=not warm)
-        if self.rule.init == "batch_quantile":
+        if any_fresh:
             # The initialising visit takes no gradient step: the quantile is already the estimate.
             new_lam = torch.where(first, lam, new_lam)
             new_m = torch.where(first, m, new_m)
@@ -288,7 +302,7 @@ class GloFNDDetector(ScheduledDetector):
             rule.observe(batch, sim, groups.expand(lam))  # candidates before masking starts
         if not masking:
             return self.keep_all(batch)
-        return sim <= groups.expand(lam)[:, None]
+        return at_or_below_rows(sim, groups.expand(lam))
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, float]:

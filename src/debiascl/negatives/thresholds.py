@@ -65,27 +65,35 @@ def batch_quantile(
     Warns (``UserWarning``) when alpha * n < 1 for some row with n >= 1 negatives.
     """
     n = count_true(mask)
-    _warn_unresolved(n, alpha)
+    counts = n.tolist()  # one host sync: the warning, the partial sort's width, empty rows
+    _warn_unresolved(counts, alpha)
     d = alpha * (n.double() - 1.0).clamp_min(0.0)  # 0-based position from the top
     upper = torch.ceil(d - 1e-9).long()  # index (from the top) of the lower order statistic
     lower = torch.floor(d + 1e-9).long().clamp(max=upper)
-    kmax = int(upper.max()) + 1 if upper.numel() else 1
+    if isinstance(alpha, torch.Tensor):
+        kmax = int(upper.max()) + 1 if upper.numel() else 1
+    else:  # the same double arithmetic as ``upper``, on the host
+        kmax = max((math.ceil(alpha * max(c - 1.0, 0.0) - 1e-9) for c in counts), default=0) + 1
     top = sim.masked_fill(~mask, float("-inf")).topk(min(kmax, sim.shape[1]), dim=1).values
-    hi = top.gather(1, lower[:, None])[:, 0]  # the larger of the two order statistics
-    lo = top.gather(1, upper[:, None])[:, 0]
+    # the larger (hi) and the smaller (lo) of the two order statistics, in one gather
+    hi_lo = top.gather(1, torch.stack([lower, upper], dim=1))
+    hi, lo = hi_lo.unbind(1)
+    hi_d, lo_d = hi_lo.double().unbind(1)
     w = (upper.double() - d).clamp(0.0, 1.0)  # weight of the larger statistic
-    q = (lo.double() + w * (hi.double() - lo.double())).to(sim.dtype)
+    q = (lo_d + w * (hi_d - lo_d)).to(sim.dtype)
     q = torch.where(hi > lo, torch.minimum(q, torch.nextafter(hi, lo)), lo)
+    if all(counts):
+        return q
     return torch.where(n > 0, q, torch.full_like(q, float("-inf")))
 
 
-def _warn_unresolved(n: torch.Tensor, alpha: float | torch.Tensor) -> None:
-    counts = n[n > 0]
-    if not counts.numel():
+def _warn_unresolved(counts: list[int], alpha: float | torch.Tensor) -> None:
+    counts = [c for c in counts if c > 0]
+    if not counts:
         return
     if isinstance(alpha, torch.Tensor):  # per-row fractions: warn about the smallest
         alpha = float(alpha.min()) if alpha.numel() else 1.0
-    smallest = int(counts.min())  # one host sync
+    smallest = min(counts)
     if alpha * smallest < 1.0:
         warnings.warn(
             f"alpha={alpha} x {smallest} negatives per row = {alpha * smallest:.3g} < 1: the "
@@ -139,8 +147,31 @@ def count_true(mask: torch.Tensor) -> torch.Tensor:
     return lanes.view(torch.uint8).view(lanes.shape[0], -1).sum(1, dtype=torch.int64)
 
 
+def above_rows(sim: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """(R, M) bool ``sim > lam[:, None]``: each row's entries above its threshold.
+
+    On the CPU the comparison writes a float 0/1 tensor and casts it to bool: two vectorised
+    passes, several times faster than torch's comparison into bool there. The same mask (a NaN
+    compares False either way).
+    """
+    if sim.device.type != "cpu":
+        return sim > lam[:, None]
+    return torch.gt(sim, lam[:, None], out=torch.empty_like(sim)).bool()
+
+
+def at_or_below_rows(sim: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """(R, M) bool ``sim <= lam[:, None]``: a threshold's keep-mask (see :func:`above_rows`)."""
+    if sim.device.type != "cpu":
+        return sim <= lam[:, None]
+    return torch.le(sim, lam[:, None], out=torch.empty_like(sim)).bool()
+
+
 def threshold_gradient(
-    sim: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor, alpha: float
+    sim: torch.Tensor,
+    mask: torch.Tensor,
+    lam: torch.Tensor,
+    alpha: float,
+    mask_counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counts behind the stochastic gradient of the lambda objective, per row.
 
@@ -149,13 +180,14 @@ def threshold_gradient(
         mask: (R, M) bool negatives of each row.
         lam: (R,) threshold of each row.
         alpha: target fraction.
+        mask_counts: ``count_true(mask)`` when the caller already has it.
 
     Returns:
         ``(above, total)``: (R,) float counts of negatives with s > lambda, and of negatives. The
         gradient of a (pooled) anchor is ``alpha - sum(above) / sum(total)``.
     """
-    above = count_true((sim > lam[:, None]) & mask).float()
-    total = count_true(mask).float()
+    above = count_true(above_rows(sim, lam) & mask).float()
+    total = (count_true(mask) if mask_counts is None else mask_counts).float()
     return above, total
 
 

@@ -207,7 +207,9 @@ class ContrastiveObjective(nn.Module):
                     self.removed_pairs.update(batch, keep, ctx.epoch)
                 if self.text_agreement is not None:
                     self.text_agreement.update(batch, keep)
-            terms = self.loss_fn(batch, keep, scale, ctx)
+            # every negative kept: the loss gets neg_mask itself (= neg_mask & keep) and may
+            # skip the mask AND and its counts (as in the stacked path)
+            terms = self.loss_fn(batch, batch.neg_mask if keeps_all else keep, scale, ctx)
             total, value = _accumulate(total, value, terms, weight, batch.global_anchors)
             for key, val in terms.logs.items():
                 logs[f"{batch.name}/{key}" if len(batches) > 1 else key] = val

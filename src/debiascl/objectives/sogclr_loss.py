@@ -24,7 +24,7 @@ from debiascl.losses.global_contrastive import (
     sogclr_surrogate_from_exp,
 )
 from debiascl.negatives.context import StepContext
-from debiascl.negatives.thresholds import count_true
+from debiascl.negatives.mask_counts import kept_negatives
 from debiascl.objectives.base import LossTerms, PairLoss
 from debiascl.pairs import PairwiseBatch
 from debiascl.state.groups import anchor_groups, direction_names
@@ -134,9 +134,8 @@ class GlobalContrastiveLoss(PairLoss):
                 e, shift, total = exp_all_but_positive(batch.sim, scale, batch.pos_index)
                 count = torch.full_like(batch.pos_index, batch.sim.shape[1] - 1)
             else:
-                mask = batch.neg_mask & keep
+                mask, count = kept_negatives(batch, keep)  # = neg_mask & keep, row counts
                 e, shift, total = masked_exp(batch.sim, scale, mask)
-                count = count_true(mask)
             pos = batch.sim.detach().float().gather(1, batch.pos_index[:, None])[:, 0] * scale
             if self.relative:  # x = l - l_pos shares e; only the shift moves
                 shift = shift - pos

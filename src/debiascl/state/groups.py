@@ -22,14 +22,25 @@ class AnchorGroups:
 
     Attributes:
         ids: (G,) distinct sample ids.
-        index: (A,) position in ``ids`` of each anchor row's id.
+        index: (A,) position in ``ids`` of each anchor row's id (built on first use for the
+            regular layouts, whose pooling does not need it; ``None`` there means "not built").
         layout: ``"identity"`` (one row per id), ``"two_views"`` (rows ``[ids; ids]``) or
             ``"general"``.
     """
 
     ids: torch.Tensor
-    index: torch.Tensor
+    _index: torch.Tensor | None
     layout: str
+
+    @property
+    def index(self) -> torch.Tensor:
+        if self._index is None:
+            g = self.ids.shape[0]
+            if self.layout == "two_views":
+                self._index = torch.arange(2 * g, device=self.ids.device) % max(g, 1)
+            else:
+                self._index = torch.arange(g, device=self.ids.device)
+        return self._index
 
     def pool_sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum the per-row values ``x`` (A, ...) of each id into (G, ...)."""
@@ -78,13 +89,12 @@ def anchor_groups(batch: PairwiseBatch) -> AnchorGroups:
     a = ids.shape[0]
     if batch.name != "image":
         # CLIP directions: pairs.py gives one row per sample (distinctness is checked on write).
-        return AnchorGroups(ids=ids, index=torch.arange(a, device=ids.device), layout="identity")
+        return AnchorGroups(ids, None, "identity")
     h = a // 2
     if a % 2 == 0 and torch.equal(ids[:h], ids[h:]):
-        index = torch.arange(a, device=ids.device) % max(h, 1)
-        return AnchorGroups(ids=ids[:h], index=index, layout="two_views")
+        return AnchorGroups(ids[:h], None, "two_views")
     uniq, inverse = torch.unique(ids, return_inverse=True)
-    return AnchorGroups(ids=uniq, index=inverse, layout="general")
+    return AnchorGroups(uniq, inverse, "general")
 
 
 def direction_names(mode: str, directions: tuple[str, ...] | None = None) -> tuple[str, ...]:
