@@ -174,7 +174,7 @@ class SharedModel:
 
 
 def full_step_by_n(
-    batch: int = 256, sizes: tuple[int, int] = (10**3, 10**8), pairs: int = 40
+    batch: int = 256, sizes: tuple[int, int] = (10**3, 10**8), pairs: int = 50
 ) -> tuple[str, dict]:
     """Section 3b: the whole training step at the smallest vs the largest id space."""
     small, large = sizes
