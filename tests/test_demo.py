@@ -9,19 +9,27 @@ from debiascl.demo import results_table, run_demo
 
 
 def test_quick_demo_prints_references_and_methods(tmp_path: Path, capsys) -> None:
-    table = run_demo(tmp_path, quick=True, methods=["none", "glofnd"])
+    text = run_demo(tmp_path, quick=True, methods=["none", "glofnd"])
     out = capsys.readouterr().out
-    assert table in out
-    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert text in out
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[1].strip() for r in rows] == [
+        "model",
         "reference: random_init",
         "reference: raw_pixels",
         "SimCLR (no filtering)",
         "GloFND",
+        "model",
+        "CLIP-style SogCLR (no filtering)",
+        "GloFND",
     ]
+    assert "| model | zero-shot | LP 10% |" in text
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["methods"]["GloFND"]["fn_detection"]["removed_fraction"] > 0
-    assert (tmp_path / "results.md").read_text().startswith(table)
+    image_text = results["image_text"]
+    assert image_text["GloFND"]["fn_detection"]["removed_fraction"] > 0
+    assert (tmp_path / "results.md").read_text().startswith(text)
+    assert (tmp_path / "image_text" / "report.html").is_file()
     # the HTML report of both runs, its path printed
     assert f"report: {tmp_path / 'report.html'}" in out
     page = (tmp_path / "report.html").read_text()

@@ -1,9 +1,12 @@
-"""The main job: SimCLR on Fashion-MNIST with each false-negative method, side by side.
+"""The main job: each false-negative method side by side, image-image and image-text.
 
-Prints a table of linear-probe (100% / 10% / 1% labels) and kNN accuracy, next to two references
-computed in the same run (the same encoder at random initialisation, and logistic regression on
-raw pixels), plus false-negative detection quality. Writes ``results.json``, ``results.md`` and
-``report.html`` (the HTML report with plots; its path is printed).
+Block 1: SimCLR on Fashion-MNIST; prints linear-probe (100% / 10% / 1% labels) and kNN accuracy,
+next to two references computed in the same run (the same encoder at random initialisation, and
+logistic regression on raw pixels). Block 2: CLIP-style SogCLR on the SYNTHETIC colour x garment
+image-text set (identical reports within a class); prints zero-shot and 10%-label probe accuracy.
+Both give false-negative detection quality. Writes ``results.json``, ``results.md`` and
+``report.html`` (the HTML report with plots; its path is printed; the image-text block's is in
+``image_text/report.html``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,29 @@ DEMO_METHODS: list[tuple[str, str, list[str]]] = [
     ("Oracle (labels)", "oracle", [_START]),
 ]
 
+# The image-text block: CLIP-style SogCLR on the SYNTHETIC colour x garment set, where the images
+# of a class share one identical report among near-miss reports (tinted_clip; regime it_tint of
+# docs/experiments/fn_regimes.md, whose seed-0 runs these are). Settings as chosen on the study's
+# validation split; every detector masks from epoch 2 (0-based).
+_IT_START = "negatives.start_epoch=2"
+IMAGE_TEXT_METHODS: list[tuple[str, str, list[str]]] = [
+    ("CLIP-style SogCLR (no filtering)", "none", []),
+    (
+        "GloFND",
+        "glofnd",
+        [
+            "negatives.alpha=0.05",
+            _IT_START,
+            "negatives.update_start_epoch=1",
+            "negatives.glofnd.init=batch_quantile",
+            "negatives.glofnd.moment_init=binomial",
+            "negatives.glofnd.beta1=0.5",
+        ],
+    ),
+    ("Text evidence (reports)", "text_sim", ["negatives.text_threshold=0.8", _IT_START]),
+    ("Oracle (labels)", "oracle", [_IT_START]),
+]
+
 QUICK = [
     "train.epochs=2",
     "data.train_size=2048",
@@ -96,6 +122,25 @@ def results_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def text_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """The image-text block's Markdown table: zero-shot and 10%-label probe accuracy in percent."""
+    lines = [
+        "| model | zero-shot | LP 10% | FN precision | FN recall | removed | train s |",
+        "|---" * 7 + "|",
+    ]
+    for label, s in rows:
+        fn = dict(s.get("fn_detection", {}))
+        if not fn.get("removed_fraction"):
+            fn = {}
+        seconds = f"{s['train_seconds']:.0f}" if "train_seconds" in s else "-"
+        lines.append(
+            f"| {label} | {_fmt(s.get('zero_shot', {}).get('accuracy'))} | "
+            f"{_fmt(_probe(s, '10%'))} | {_fmt(fn.get('precision'))} | "
+            f"{_fmt(fn.get('recall'))} | {_fmt(fn.get('removed_fraction'))} | {seconds} |"
+        )
+    return "\n".join(lines)
+
+
 def _quick(detector: str) -> list[str]:
     """:data:`QUICK` less the shared ``negatives.*`` keys ``detector`` does not read (refused)."""
     read = NegativesConfig.keys_read_by(detector) or frozenset()
@@ -103,44 +148,77 @@ def _quick(detector: str) -> list[str]:
 
 
 def run_demo(output_dir: Path, quick: bool = False, methods: list[str] | None = None) -> str:
-    """Train every available demo method and print/write the comparison table."""
-    from debiascl.train.trainer import Trainer
+    """Train every available demo method of both blocks, print and write the comparison tables.
+
+    Block 1 (image-image): SimCLR on Fashion-MNIST, :data:`DEMO_METHODS`, with the references.
+    Block 2 (image-text): CLIP-style SogCLR on the SYNTHETIC colour x garment set,
+    :data:`IMAGE_TEXT_METHODS`, in ``output_dir / "image_text"``. ``methods`` (detector names)
+    keeps only those rows in both blocks. Returns the printed text (tables and notes).
+    """
+    from debiascl.train import trainer as _trainer  # noqa: F401  (registers every detector)
 
     output_dir.mkdir(parents=True, exist_ok=True)
     available = set(DETECTORS.names())
-    chosen = [m for m in DEMO_METHODS if m[1] in available and (methods is None or m[1] in methods)]
-    rows: list[tuple[str, dict[str, Any]]] = []
-    references: dict[str, Any] = {}
+
+    def chosen(block: list[tuple[str, str, list[str]]]) -> list[tuple[str, str, list[str]]]:
+        return [m for m in block if m[1] in available and (methods is None or m[1] in methods)]
+
     start = time.perf_counter()
-    for i, (label, detector, overrides) in enumerate(chosen):
-        # a demo re-run replaces its earlier runs
-        extra = [
-            f"negatives.name={detector}",
-            f"name={detector}",
-            "checkpoint.overwrite=true",
-            *overrides,
+    image_methods, text_methods = chosen(DEMO_METHODS), chosen(IMAGE_TEXT_METHODS)
+    total = len(image_methods) + len(text_methods)
+    rows = _train_block("fmnist_simclr", image_methods, output_dir, quick, 0, total)
+    references: dict[str, Any] = {}
+    for _, summary in rows:
+        references.update(summary.pop("references", {}))
+    text_dir = output_dir / "image_text"
+    text_rows = _train_block(
+        "tinted_clip", text_methods, text_dir, quick, len(image_methods), total
+    )
+    ref_rows = [(f"reference: {name}", s) for name, s in references.items()]
+    kind = "quick smoke run" if quick else "CPU demo"
+    parts = []
+    if rows:
+        parts += [results_table(ref_rows + rows), f"Fashion-MNIST (image-image), {kind}; seed 0."]
+    if text_rows:
+        parts += [
+            text_table(text_rows),
+            f"SYNTHETIC colour x garment image-text set (identical reports within a class), "
+            f"{kind}; seed 0.",
         ]
+    parts.append(f"Total {time.perf_counter() - start:.0f} s. Accuracies in %.")
+    text = "\n\n".join(parts)
+    print("\n" + text)
+    atomic_write_text(output_dir / "results.md", text + "\n")
+    results = {"references": references, "methods": dict(rows), "image_text": dict(text_rows)}
+    atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2, default=str))
+    if image_methods:
+        _html_report([output_dir / d for _, d, _ in image_methods], output_dir / "report.html")
+    if text_methods:
+        _html_report([text_dir / d for _, d, _ in text_methods], text_dir / "report.html")
+    return text
+
+
+def _train_block(
+    config: str,
+    block: list[tuple[str, str, list[str]]],
+    output_dir: Path,
+    quick: bool,
+    done: int,
+    total: int,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Train each (label, detector, overrides) of ``block`` on ``config``; (label, summary)."""
+    from debiascl.train.trainer import Trainer
+
+    rows = []
+    for i, (label, detector, overrides) in enumerate(block):
+        # a demo re-run replaces its earlier runs; only the first run computes the references
+        extra = [f"negatives.name={detector}", f"name={detector}", "checkpoint.overwrite=true"]
         if i > 0:
             extra.append("eval.references=false")
-        cfg = load_config("fmnist_simclr", extra + (_quick(detector) if quick else []))
-        print(f"[{i + 1}/{len(chosen)}] training {label} ...", flush=True)
-        summary = Trainer(cfg, run_dir=output_dir / detector).fit()
-        references.update(summary.pop("references", {}))
-        rows.append((label, summary))
-    ref_rows = [(f"reference: {name}", s) for name, s in references.items()]
-    table = results_table(ref_rows + rows)
-    note = (
-        f"Fashion-MNIST, {'quick smoke run' if quick else 'CPU demo'}; seed 0; "
-        f"total {time.perf_counter() - start:.0f} s. Accuracies in %."
-    )
-    print("\n" + table + "\n\n" + note)
-    atomic_write_text(output_dir / "results.md", table + "\n\n" + note + "\n")
-    atomic_write_text(
-        output_dir / "results.json",
-        json.dumps({"references": references, "methods": dict(rows)}, indent=2, default=str),
-    )
-    _html_report([output_dir / detector for _, detector, _ in chosen], output_dir / "report.html")
-    return table
+        cfg = load_config(config, [*extra, *overrides, *(_quick(detector) if quick else [])])
+        print(f"[{done + i + 1}/{total}] training {label} ...", flush=True)
+        rows.append((label, Trainer(cfg, run_dir=output_dir / detector).fit()))
+    return rows
 
 
 def _html_report(run_dirs: list[Path], out: Path) -> None:
