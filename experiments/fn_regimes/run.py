@@ -47,6 +47,7 @@ RUNS = HERE / "runs"
 DOC = HERE.parents[1] / "docs" / "experiments" / "fn_regimes.md"
 
 HARD3 = "[2,4,6]"  # pullover, coat, shirt: the most confusable classes (FN base rate 1/3)
+UPPER5 = "[0,2,3,4,6]"  # t-shirt, pullover, dress, coat, shirt (FN base rate 1/5)
 
 COMMON = [
     "data.train_size=2000",
@@ -105,7 +106,13 @@ REGIMES: dict[str, tuple[list[str], list[str], str]] = {
         "image-text, SYNTHETIC colour x garment (9 classes), 8 caption templates per class: "
         "near-identical reports among near-miss reports",
     ),
+    "it_tint_start0": (
+        [*TINT, "data.caption_templates=single"],
+        IT_METRICS,
+        "it_tint with masking from the first epoch (start epoch 0 instead of 2)",
+    ),
     "ii_3": ([*II, f"data.classes={HARD3}"], II_METRICS, "image-image, 3 similar classes"),
+    "ii_5": ([*II, f"data.classes={UPPER5}"], II_METRICS, "image-image, 5 upper-body garments"),
     "ii_10": ([*II], II_METRICS, "image-image, 10 classes"),
 }
 
@@ -152,10 +159,20 @@ def methods_of(regime: str) -> list[str]:
     return list(METHODS)
 
 
+#: regimes whose detectors start masking at another epoch than START's
+START_OF = {"it_tint_start0": 0}
+
+
 def overrides_of(regime: str, method: str, label: str) -> list[str]:
     side = SIDE if method in TEXT_ONLY and regime.startswith("ii") else []
     reset = [r for r in RESET if not r.startswith(f"negatives.{method}=")]
-    return [*reset, *METHODS[method][label], *side]
+    over = METHODS[method][label]
+    if regime in START_OF:
+        start = f"negatives.start_epoch={START_OF[regime]}"
+        over = [start if o in START else o for o in over]
+        # thresholds that learn before masking start with it (update_start_epoch <= start_epoch)
+        over = [o for o in over if not o.startswith("negatives.update_start_epoch=")]
+    return [*reset, *over, *side]
 
 
 def jobs(
