@@ -30,6 +30,7 @@ from torch import nn
 from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.context import StepContext
+from debiascl.negatives.host_update import host_threshold_update
 from debiascl.negatives.mask_counts import negative_counts
 from debiascl.negatives.start_rules import TextAgreementStart
 from debiascl.negatives.thresholds import (
@@ -199,6 +200,9 @@ class GloFNDDetector(ScheduledDetector):
             }
         )
         self.register_load_state_dict_post_hook(_reset_after_load)
+        #: CPU tables: run the per-id update in numpy (same bits as the torch path, which tests
+        #: and GPU tables use)
+        self.host_update = True
 
     def table(self, name: str) -> SampleTable:
         if name not in self.tables:
@@ -256,7 +260,8 @@ class GloFNDDetector(ScheduledDetector):
         """One threshold update for the batch's anchors; returns their new (G,) lambdas."""
         alpha = self.anchor_alpha(groups)
         table = self.table(batch.name)
-        lam, m, v, visits = table.read(groups.ids, batch.ids_checked_below).unbind(1)
+        rows = table.read(groups.ids, batch.ids_checked_below)
+        lam, m, v, visits = rows.unbind(1)
         any_fresh = False
         if self.rule.init == "batch_quantile":
             first = visits == 0
@@ -269,9 +274,28 @@ class GloFNDDetector(ScheduledDetector):
         above, total = threshold_gradient(
             sim, batch.neg_mask, groups.expand(lam), self.alpha, negative_counts(batch)
         )
+        warm = self.moment_init == "binomial"
+        if (
+            self.host_update
+            and rows.device.type == "cpu"
+            and groups.layout != "general"
+            and not isinstance(alpha, torch.Tensor)
+        ):  # the same operations in numpy: far less dispatch per (G,) op
+            new_lam, new_rows = host_threshold_update(
+                self.rule,
+                alpha,
+                warm,
+                groups.layout == "two_views",
+                rows,
+                lam,
+                above,
+                total,
+                first if any_fresh else None,
+            )
+            table.write(groups.ids, new_rows, batch.ids_checked_below)
+            return new_lam
         n = groups.pool_sum(total).clamp_min(1.0)
         grad = alpha - groups.pool_sum(above) / n
-        warm = self.moment_init == "binomial"
         new_lam, new_m, new_v = self.rule.step(lam, m, v, grad, visits, bias_correction=not warm)
         if any_fresh:
             # The initialising visit takes no gradient step: the quantile is already the estimate.

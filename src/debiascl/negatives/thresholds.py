@@ -24,6 +24,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from debiascl.errors import ConfigError
@@ -67,24 +68,68 @@ def batch_quantile(
     n = count_true(mask)
     counts = n.tolist()  # one host sync: the warning, the partial sort's width, empty rows
     _warn_unresolved(counts, alpha)
-    d = alpha * (n.double() - 1.0).clamp_min(0.0)  # 0-based position from the top
-    upper = torch.ceil(d - 1e-9).long()  # index (from the top) of the lower order statistic
-    lower = torch.floor(d + 1e-9).long().clamp(max=upper)
-    if isinstance(alpha, torch.Tensor):
+    host = not isinstance(alpha, torch.Tensor) and len(counts) <= _HOST_ROWS
+    if host:  # a few rows (first visits): the same double arithmetic on the host, fewer ops
+        lower_upper, w, kmax = _host_positions(counts, alpha, sim.device)
+    else:
+        d = alpha * (n.double() - 1.0).clamp_min(0.0)  # 0-based position from the top
+        upper = torch.ceil(d - 1e-9).long()  # index (from the top) of the lower statistic
+        lower = torch.floor(d + 1e-9).long().clamp(max=upper)
         kmax = int(upper.max()) + 1 if upper.numel() else 1
-    else:  # the same double arithmetic as ``upper``, on the host
-        kmax = max((math.ceil(alpha * max(c - 1.0, 0.0) - 1e-9) for c in counts), default=0) + 1
+        lower_upper = torch.stack([lower, upper], dim=1)
+        w = (upper.double() - d).clamp(0.0, 1.0)  # weight of the larger statistic
     top = sim.masked_fill(~mask, float("-inf")).topk(min(kmax, sim.shape[1]), dim=1).values
     # the larger (hi) and the smaller (lo) of the two order statistics, in one gather
-    hi_lo = top.gather(1, torch.stack([lower, upper], dim=1))
-    hi, lo = hi_lo.unbind(1)
-    hi_d, lo_d = hi_lo.double().unbind(1)
-    w = (upper.double() - d).clamp(0.0, 1.0)  # weight of the larger statistic
-    q = (lo_d + w * (hi_d - lo_d)).to(sim.dtype)
-    q = torch.where(hi > lo, torch.minimum(q, torch.nextafter(hi, lo)), lo)
+    hi_lo = top.gather(1, lower_upper)
+    if host and sim.device.type == "cpu":
+        q = _interpolate_host(hi_lo, w)
+    else:
+        hi, lo = hi_lo.unbind(1)
+        hi_d, lo_d = hi_lo.double().unbind(1)
+        q = (lo_d + w * (hi_d - lo_d)).to(sim.dtype)
+        q = torch.where(hi > lo, torch.minimum(q, torch.nextafter(hi, lo)), lo)
     if all(counts):
         return q
     return torch.where(n > 0, q, torch.full_like(q, float("-inf")))
+
+
+#: Up to this many rows, :func:`batch_quantile` computes the order-statistic positions on the
+#: host (a few Python float operations per row instead of about ten small tensor ops).
+_HOST_ROWS = 64
+
+
+def _host_positions(
+    counts: list[int], alpha: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(lower_upper, w, kmax)`` of :func:`batch_quantile` from the host's row counts.
+
+    The same IEEE double operations as the tensor path (d = alpha max(n - 1, 0), upper =
+    ceil(d - 1e-9), lower = min(floor(d + 1e-9), upper), w = clip(upper - d, 0, 1)), so the
+    same values: (R, 2) int64 ``[lower, upper]``, (R,) float64 ``w`` and the partial sort width.
+    """
+    pairs, weights, kmax = [], [], 1
+    for c in counts:
+        d = alpha * max(c - 1.0, 0.0)
+        upper = math.ceil(d - 1e-9)
+        pairs.append((min(math.floor(d + 1e-9), upper), upper))
+        weights.append(min(max(upper - d, 0.0), 1.0))
+        kmax = max(kmax, upper + 1)
+    lower_upper = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2).to(device)
+    return lower_upper, torch.tensor(weights, dtype=torch.float64).to(device), kmax
+
+
+def _interpolate_host(hi_lo: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """:func:`batch_quantile`'s interpolation for a few CPU rows, in numpy (a handful of
+    microsecond ufuncs instead of a dozen tensor ops): the same IEEE operations in the same
+    order, so the same values. ``hi_lo``: (R, 2) the larger and the smaller order statistic;
+    ``w``: (R,) float64 weight of the larger."""
+    pair = hi_lo.detach().numpy()
+    hi, lo = pair[:, 0], pair[:, 1]
+    hi_d, lo_d = hi.astype(np.float64), lo.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # -inf - -inf (rows without negatives), as torch does
+        q = (lo_d + w.numpy() * (hi_d - lo_d)).astype(pair.dtype)
+    q = np.where(hi > lo, np.minimum(q, np.nextafter(hi, lo)), lo)
+    return torch.from_numpy(np.ascontiguousarray(q, dtype=pair.dtype))
 
 
 def _warn_unresolved(counts: list[int], alpha: float | torch.Tensor) -> None:
@@ -137,6 +182,9 @@ def count_true(mask: torch.Tensor) -> torch.Tensor:
     # Wide rows: sum blocks of 255 words, so that no byte lane exceeds 255 before the lanes
     # are split (rows of >= 2048 columns would otherwise carry between lanes).
     w = words.shape[1]
+    if w < 255:  # one block (the common case): no slicing
+        lanes = words.sum(1, keepdim=True)
+        return lanes.view(torch.uint8).view(lanes.shape[0], -1).sum(1, dtype=torch.int64)
     full = (w // 255) * 255
     parts = []
     if full:

@@ -84,7 +84,24 @@ class AnchorGroups:
 
 
 def anchor_groups(batch: PairwiseBatch) -> AnchorGroups:
-    """Group ``batch``'s anchor rows by sample id."""
+    """Group ``batch``'s anchor rows by sample id.
+
+    Remembered on ``batch`` for its ``anchor_ids`` tensor (the same object, not written in place
+    since), so the detector and the loss of one step group the rows once.
+    """
+    ids = batch.anchor_ids
+    cached = batch.__dict__.get(_CACHE)
+    if cached is not None and cached[0] is ids and cached[1] == ids._version:
+        return cached[2]
+    groups = _group(batch)
+    batch.__dict__[_CACHE] = (ids, ids._version, groups)
+    return groups
+
+
+_CACHE = "_anchor_groups_cache"
+
+
+def _group(batch: PairwiseBatch) -> AnchorGroups:
     ids = batch.anchor_ids
     a = ids.shape[0]
     if batch.name != "image":
