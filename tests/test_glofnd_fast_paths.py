@@ -37,6 +37,7 @@ from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.objectives.debiased_loss import DebiasedLoss
 from debiascl.objectives.sogclr_loss import GlobalContrastiveLoss
 from debiascl.pairs import simclr_pairs
+from debiascl.state.tables import SampleTable
 
 
 def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -258,3 +259,18 @@ def test_no_detector_equals_an_explicit_keep_everything_detector(mode, make_loss
         objective = ContrastiveObjective(mode, loss, detector, num_samples=n)
         runs.append(_run(objective, 6, b, 5, n, torch.float32, labels=True))
     _assert_same_runs(*runs)
+
+
+def test_table_write_stores_finite_rows_and_keeps_stored_values_for_nonfinite_ones():
+    table = SampleTable(10, ("a", "b"), [1.0, 2.0])
+    ids = torch.tensor([3, 7, 1])
+    table.write(ids, torch.tensor([[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]))  # all finite
+    assert table.read(torch.tensor([3, 7, 1, 0])).tolist() == [
+        [5.0, 6.0],
+        [7.0, 8.0],
+        [9.0, 10.0],
+        [1.0, 2.0],
+    ]
+    bad = torch.tensor([[float("nan"), 0.0], [0.5, 0.25], [1.0, float("-inf")]])
+    table.write(ids, bad)  # row 7 is stored, rows 3 and 1 keep their values
+    assert table.read(ids).tolist() == [[5.0, 6.0], [0.5, 0.25], [9.0, 10.0]]

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -205,7 +206,12 @@ class SampleTable(nn.Module):
     def _store_rows(self, local: torch.Tensor, rows: torch.Tensor) -> None:
         """Copy ``rows`` into the stored rows ``local`` (both on the table's device)."""
         # A non-finite row (from a NaN step that train.on_nonfinite=skip will discard) keeps the
-        # stored values: a table entry is never valid as NaN/inf. No host synchronisation.
+        # stored values: a table entry is never valid as NaN/inf.
+        if rows.device.type == "cpu" and np.isfinite(rows.numpy()).all():
+            # CPU: one numpy check (no synchronisation to avoid) instead of five tensor ops
+            self.data.index_copy_(0, local, rows)
+            return
+        # No host synchronisation on accelerators.
         # x - x is 0 exactly when x is finite (NaN for inf and NaN): half of isfinite's passes
         finite = rows.sub(rows).eq_(0.0).all(dim=1, keepdim=True)
         rows = torch.where(finite, rows, self.data.index_select(0, local))
