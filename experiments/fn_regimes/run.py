@@ -106,10 +106,10 @@ REGIMES: dict[str, tuple[list[str], list[str], str]] = {
         "image-text, SYNTHETIC colour x garment (9 classes), 8 caption templates per class: "
         "near-identical reports among near-miss reports",
     ),
-    "it_tint_start0": (
-        [*TINT, "data.caption_templates=single"],
+    "it_tint_tpl_start0": (
+        [*TINT],
         IT_METRICS,
-        "it_tint with masking from the first epoch (start epoch 0 instead of 2)",
+        "it_tint_tpl with masking from the first epoch (start epoch 0 instead of 2)",
     ),
     "ii_3": ([*II, f"data.classes={HARD3}"], II_METRICS, "image-image, 3 similar classes"),
     "ii_5": ([*II, f"data.classes={UPPER5}"], II_METRICS, "image-image, 5 upper-body garments"),
@@ -160,7 +160,7 @@ def methods_of(regime: str) -> list[str]:
 
 
 #: regimes whose detectors start masking at another epoch than START's
-START_OF = {"it_tint_start0": 0}
+START_OF = {"it_tint_tpl_start0": 0}
 
 
 def overrides_of(regime: str, method: str, label: str) -> list[str]:

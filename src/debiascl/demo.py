@@ -3,7 +3,8 @@
 Block 1: SimCLR on Fashion-MNIST; prints linear-probe (100% / 10% / 1% labels) and kNN accuracy,
 next to two references computed in the same run (the same encoder at random initialisation, and
 logistic regression on raw pixels). Block 2: CLIP-style SogCLR on the SYNTHETIC colour x garment
-image-text set (identical reports within a class); prints zero-shot and 10%-label probe accuracy.
+image-text set (near-identical reports within a class); prints zero-shot and 10%-label probe
+accuracy.
 Both give false-negative detection quality. Writes ``results.json``, ``results.md`` and
 ``report.html`` (the HTML report with plots; its path is printed; the image-text block's is in
 ``image_text/report.html``).
@@ -54,10 +55,10 @@ DEMO_METHODS: list[tuple[str, str, list[str]]] = [
     ("Oracle (labels)", "oracle", [_START]),
 ]
 
-# The image-text block: CLIP-style SogCLR on the SYNTHETIC colour x garment set, where the images
-# of a class share one identical report among near-miss reports (tinted_clip; regime it_tint of
-# docs/experiments/fn_regimes.md, whose seed-0 runs these are). Settings as chosen on the study's
-# validation split; every detector masks from epoch 2 (0-based).
+# The image-text block: CLIP-style SogCLR on the SYNTHETIC colour x garment set, where the
+# images of a class share near-identical reports among near-miss reports (tinted_clip; regime
+# it_tint_tpl of docs/experiments/fn_regimes.md, whose seed-0 runs these are). Settings as
+# chosen on the study's validation split; every detector masks from epoch 2 (0-based).
 _IT_START = "negatives.start_epoch=2"
 IMAGE_TEXT_METHODS: list[tuple[str, str, list[str]]] = [
     ("CLIP-style SogCLR (no filtering)", "none", []),
@@ -182,7 +183,7 @@ def run_demo(output_dir: Path, quick: bool = False, methods: list[str] | None = 
     if text_rows:
         parts += [
             text_table(text_rows),
-            f"SYNTHETIC colour x garment image-text set (identical reports within a class), "
+            f"SYNTHETIC colour x garment image-text set (near-identical reports within a class), "
             f"{kind}; seed 0.",
         ]
     parts.append(f"Total {time.perf_counter() - start:.0f} s. Accuracies in %.")
