@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,12 +58,14 @@ def pooled_quantile(
     groups: AnchorGroups,
     alpha: float | torch.Tensor,
     subset: torch.Tensor | None = None,
+    counts: list[int] | None = None,
 ) -> torch.Tensor:
     """Batch (1 - alpha)-quantile of each id's negatives (the rule of :func:`batch_quantile`).
 
     Unimodal ids pool the negatives of both views' rows. Returns (G,), or (len(subset),) for the
     group positions in ``subset`` only (a partial sort of just those rows). ``alpha`` is a float
-    or a (G,) tensor of per-id fractions.
+    or a (G,) tensor of per-id fractions. ``counts``: the pooled number of negatives of each
+    returned id, when the caller has them (not for the ``general`` layout).
     """
     if groups.layout == "general":
         row_alpha = groups.expand(alpha) if isinstance(alpha, torch.Tensor) else alpha
@@ -86,7 +89,7 @@ def pooled_quantile(
         sim, neg_mask = sim.index_select(0, subset), neg_mask.index_select(0, subset)
     if isinstance(alpha, torch.Tensor) and subset is not None:
         alpha = alpha[subset]
-    return batch_quantile(sim, neg_mask, alpha)
+    return batch_quantile(sim, neg_mask, alpha, counts)
 
 
 class GloFNDDetector(ScheduledDetector):
@@ -262,25 +265,38 @@ class GloFNDDetector(ScheduledDetector):
         table = self.table(batch.name)
         rows = table.read(groups.ids, batch.ids_checked_below)
         lam, m, v, visits = rows.unbind(1)
-        any_fresh = False
-        if self.rule.init == "batch_quantile":
-            first = visits == 0
-            fresh = first.nonzero().squeeze(1)
-            any_fresh = fresh.numel() > 0
-            if any_fresh:  # partial sorts only for never-seen ids (the first epoch)
-                lam = lam.index_put(
-                    (fresh,), pooled_quantile(sim, batch.neg_mask, groups, alpha, fresh)
-                )
-        above, total = threshold_gradient(
-            sim, batch.neg_mask, groups.expand(lam), self.alpha, negative_counts(batch)
-        )
-        warm = self.moment_init == "binomial"
-        if (
+        host = (
             self.host_update
             and rows.device.type == "cpu"
             and groups.layout != "general"
             and not isinstance(alpha, torch.Tensor)
-        ):  # the same operations in numpy: far less dispatch per (G,) op
+        )
+        neg_counts = negative_counts(batch)
+        any_fresh, counts = False, None
+        if self.rule.init == "batch_quantile":
+            if host:  # first visits and their pooled negative counts on the host
+                first_np = rows.numpy()[:, 3] == 0
+                fresh_np = np.flatnonzero(first_np)
+                any_fresh = fresh_np.size > 0
+                if any_fresh:
+                    first, fresh = torch.from_numpy(first_np), torch.from_numpy(fresh_np)
+                    per_row = neg_counts.numpy()
+                    if groups.layout == "two_views":
+                        per_row = per_row[: len(first_np)] + per_row[len(first_np) :]
+                    counts = per_row[fresh_np].tolist()
+            else:
+                first = visits == 0
+                fresh = first.nonzero().squeeze(1)
+                any_fresh = fresh.numel() > 0
+            if any_fresh:  # partial sorts only for never-seen ids (the first epoch)
+                lam = lam.index_put(
+                    (fresh,), pooled_quantile(sim, batch.neg_mask, groups, alpha, fresh, counts)
+                )
+        above, total = threshold_gradient(
+            sim, batch.neg_mask, groups.expand(lam), self.alpha, neg_counts
+        )
+        warm = self.moment_init == "binomial"
+        if host:  # the same operations in numpy: far less dispatch per (G,) op
             new_lam, new_rows = host_threshold_update(
                 self.rule,
                 alpha,

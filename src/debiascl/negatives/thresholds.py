@@ -48,7 +48,10 @@ def removal_count(n: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def batch_quantile(
-    sim: torch.Tensor, mask: torch.Tensor, alpha: float | torch.Tensor
+    sim: torch.Tensor,
+    mask: torch.Tensor,
+    alpha: float | torch.Tensor,
+    counts: list[int] | None = None,
 ) -> torch.Tensor:
     """(R,) batch (1 - alpha)-quantile of each row's masked entries (the module's rule).
 
@@ -56,6 +59,7 @@ def batch_quantile(
         sim: (R, M) float similarities.
         mask: (R, M) bool, True for a row's negatives.
         alpha: target fraction in (0, 1), or an (R,) tensor of per-row fractions.
+        counts: the rows' numbers of True mask entries when the caller already has them.
 
     Returns:
         (R,) in ``sim``'s dtype: linear interpolation between order statistics, equal to
@@ -65,8 +69,11 @@ def batch_quantile(
 
     Warns (``UserWarning``) when alpha * n < 1 for some row with n >= 1 negatives.
     """
-    n = count_true(mask)
-    counts = n.tolist()  # one host sync: the warning, the partial sort's width, empty rows
+    if counts is None:
+        n = count_true(mask)
+        counts = n.tolist()  # one host sync: the warning, the partial sort's width, empty rows
+    else:
+        n = torch.tensor(counts, dtype=torch.int64).to(sim.device)
     _warn_unresolved(counts, alpha)
     host = not isinstance(alpha, torch.Tensor) and len(counts) <= _HOST_ROWS
     if host:  # a few rows (first visits): the same double arithmetic on the host, fewer ops
