@@ -148,8 +148,8 @@ def test_trainer_sums_named_terms_like_a_plain_step(tmp_path: Path) -> None:
     plain.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     plain.optimizer.step()
-    assert logs["loss/fisher_gap"] == pytest.approx(10.0 * float(gap), rel=1e-5)
-    assert logs["fisher_gap/synthetic_mark"] == pytest.approx(float(gap), rel=1e-5)
+    assert logs["loss/fisher_gap"] == pytest.approx(10.0 * gap.item(), rel=1e-5)
+    assert logs["fisher_gap/synthetic_mark"] == pytest.approx(gap.item(), rel=1e-5)
     for p, q in zip(tr.model.parameters(), plain.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
 
