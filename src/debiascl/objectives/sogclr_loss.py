@@ -170,5 +170,8 @@ def _write_rows(
 ) -> None:
     """Write ``rows`` of ``ids``, one equal block per table, in order (collectives under DDP)."""
     n = len(tables)
+    if n == 1:
+        tables[0].write(ids, rows, checked_below)
+        return
     for t, i, r in zip(tables, ids.chunk(n), rows.chunk(n), strict=True):
         t.write(i, r, checked_below)
