@@ -64,6 +64,16 @@ def test_loss_keys_follow_the_loss_constructor() -> None:
     assert load_config(None, ["loss.name=dcl", "loss.directions=image_to_text"]).loss.name == "dcl"
 
 
+def test_a_logit_scale_cap_needs_a_learned_temperature() -> None:
+    # the cap acts on a learned 1/t only: with a fixed temperature it would be silently ignored
+    with pytest.raises(ConfigError, match=r"max_logit_scale=50.0 \(read by loss.learn_temperatu"):
+        load_config(None, ["loss.max_logit_scale=50"])
+    cfg = load_config(None, ["loss.learn_temperature=true", "loss.max_logit_scale=50"])
+    assert cfg.loss.max_logit_scale == 50
+    # a saved run config that recorded the key still loads
+    assert load_config(None, ["loss.max_logit_scale=null"]).loss.max_logit_scale == 100
+
+
 def test_keys_at_their_default_are_accepted() -> None:
     default = NegativesConfig.model_fields["alpha"].default
     cfg = load_config(None, ["negatives.name=oracle", f"negatives.alpha={default}"])

@@ -70,6 +70,15 @@ class LossConfig(MethodSection):
     #: ``directions`` is read by the objective for every loss; ``learn_temperature`` by the
     #: composition layer, which refuses it for a loss that keeps a fixed temperature.
     ALWAYS_READ = frozenset({"name", "directions", "learn_temperature"})
+    READ_WITH = {"max_logit_scale": "loss.learn_temperature=true"}  # noqa: RUF012
+
+    def keys_read(self) -> frozenset[str] | None:
+        """The shared keys the selected loss reads; ``max_logit_scale`` caps a *learned* 1/t, so
+        it is read only with ``learn_temperature``."""
+        read = self.keys_read_by(self.name)
+        if read is None or self.learn_temperature:
+            return read
+        return read - {"max_logit_scale"}
 
     name: str = Field(
         "infonce", description="a registered loss: infonce | sogclr | dcl | hcl | ssd"

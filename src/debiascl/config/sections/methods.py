@@ -266,7 +266,8 @@ def refuse_unread_keys(section: MethodSection, saved: Mapping[str, Any] | None =
     named = []
     for key in unread:
         readers = [n for n in registered_names(kind) if key in (cls.keys_read_by(n) or ())]
-        hint = [*readers, *([cls.READ_WITH[key]] if key in cls.READ_WITH else [])]
+        with_ = [cls.READ_WITH[key]] if key in cls.READ_WITH else []
+        hint = with_ if name in readers and with_ else [*readers, *with_]
         named.append(f"{kind}.{key}={getattr(section, key)} (read by {' or '.join(hint) or '-'})")
     resets = " ".join(f"{kind}.{k}=null" for k in unread)
     raise ConfigError(
