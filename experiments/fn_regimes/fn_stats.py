@@ -3,8 +3,10 @@ intervals, the recovered share of the oracle gain with a bootstrap interval, ver
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,3 +106,25 @@ def markdown(result: dict[str, Any]) -> str:
                 )
             lines.append("")
     return "\n".join(lines)
+
+
+def merged(path: Path, new: dict[str, Any], run: set[str], order: list[str]) -> dict[str, Any]:
+    """The recorded per-regime entries of ``path`` with the regimes in ``run`` replaced by
+    ``new``'s, in ``order``."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    both = {**{k: v for k, v in old.items() if k not in run}, **new}
+    return dict(sorted(both.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+
+
+def merged_table(path: Path, table: str, run: set[str], order: list[str]) -> str:
+    """A validation ``table`` (Markdown, regime in the first column) plus the rows recorded in
+    ``path`` of regimes not in ``run``."""
+    lines = table.split("\n")
+    kept = []
+    if path.exists():
+        for line in path.read_text().splitlines()[2:]:
+            regime = line.split("|")[1].strip() if line.startswith("|") else ""
+            if regime and regime not in run:
+                kept.append(line)
+    body = sorted(kept + lines[2:], key=lambda ln: order.index(ln.split("|")[1].strip()))
+    return "\n".join(lines[:2] + body)

@@ -40,7 +40,15 @@ import numpy as np
 from debiascl.report import metric_at
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fn_stats import METRIC_NAMES, _pct, markdown, share_interval, t_interval
+from fn_stats import (
+    METRIC_NAMES,
+    _pct,
+    markdown,
+    merged,
+    merged_table,
+    share_interval,
+    t_interval,
+)
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
@@ -350,26 +358,6 @@ def validation_table() -> str:
 ORDER = list(REGIMES)
 
 
-def _merged(path: Path, new: dict[str, Any]) -> dict[str, Any]:
-    """The recorded per-regime entries of ``path`` with this run's regimes replaced."""
-    old = json.loads(path.read_text()) if path.exists() else {}
-    both = {**{k: v for k, v in old.items() if k not in REGIMES}, **new}
-    return dict(sorted(both.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else 99))
-
-
-def _merged_table(path: Path) -> str:
-    """:func:`validation_table` plus the recorded rows of regimes not run this time."""
-    lines = validation_table().split("\n")
-    kept = []
-    if path.exists():
-        for line in path.read_text().splitlines()[2:]:
-            regime = line.split("|")[1].strip() if line.startswith("|") else ""
-            if regime and regime not in REGIMES:
-                kept.append(line)
-    body = sorted(kept + lines[2:], key=lambda ln: ORDER.index(ln.split("|")[1].strip()))
-    return "\n".join(lines[:2] + body)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("phase", choices=["tune", "test", "report", "all"])
@@ -390,12 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase in ("test", "all"):
         execute(jobs("test", args.seeds, chosen, args.methods), args.workers)
     # a run of some regimes (--regimes) replaces theirs in the recorded files and keeps the rest
-    result = _merged(HERE / "results.json", analyse(args.seeds, chosen))
-    chosen = _merged(HERE / "chosen.json", chosen)
+    result = merged(HERE / "results.json", analyse(args.seeds, chosen), set(REGIMES), ORDER)
+    chosen = merged(HERE / "chosen.json", chosen, set(REGIMES), ORDER)
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (HERE / "results.md").write_text(text + "\n")
-    (HERE / "validation.md").write_text(_merged_table(HERE / "validation.md") + "\n")
+    (HERE / "validation.md").write_text(
+        merged_table(HERE / "validation.md", validation_table(), set(REGIMES), ORDER) + "\n"
+    )
     (HERE / "chosen.json").write_text(json.dumps(chosen, indent=2) + "\n")
     print(text)
     return 0
