@@ -1,10 +1,11 @@
 """Forward + backward cost of the contrastive loss kernels, side by side in one process.
 
 Compares at batch 256, dim 128 (DESIGN 6): a plain NT-Xent written with ``F.cross_entropy``
-(the fastest formulation without masks), debiascl's ``nt_xent`` (masked log-sum-exp, supports
-keep-masks and DDP), lightly's ``NTXentLoss``, and debiascl's objective with InfoNCE, SogCLR,
-DCL and SogCLR + GloFND. Calls alternate round-robin and the report is medians and ratios to
-the plain kernel (timings on shared machines move 1.3-4x between processes; ratios are steadier).
+(the fastest formulation without masks), debiascl's ``nt_xent`` (in one process a fused node
+with a hand-written backward; takes keep-masks; under DDP the general pair path), lightly's
+``NTXentLoss``, and debiascl's objective with InfoNCE, SogCLR, DCL and SogCLR + GloFND. Calls
+alternate round-robin and the report is medians and ratios to the plain kernel (timings on shared
+machines move 1.3-4x between processes; ratios are steadier).
 
 Run:
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736 \
