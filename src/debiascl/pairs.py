@@ -48,6 +48,10 @@ class PairwiseBatch:
             per-sample tables of at least that size can skip their own check; None otherwise.
         negatives_all_but_positive: True when ``neg_mask`` is True everywhere except at each
             row's positive column (the CLIP layouts), so kernels may skip reading it.
+        self_index: (A,) int64 column of each anchor's own candidate (the SimCLR layout, whose
+            negatives are every column but ``self_index`` and ``pos_index``); None otherwise.
+            Kernels use it through :func:`excluded_columns`, which also checks that
+            ``neg_mask`` is still the layout's own, unmodified tensor.
         parts: empty for one direction; for several directions stacked in one batch (see
             :func:`clip_pairs_stacked`), their names, one per equal block of anchor rows in
             order (each block has one row per sample).
@@ -66,6 +70,7 @@ class PairwiseBatch:
     ids_checked_below: int | None = None
     negatives_all_but_positive: bool = False
     parts: tuple[str, ...] = ()
+    self_index: torch.Tensor | None = None
 
     @property
     def pos_sim(self) -> torch.Tensor:
@@ -97,6 +102,19 @@ class PairwiseBatch:
             return None
         assert self.anchor_labels is not None and self.candidate_labels is not None
         return (self.anchor_labels[:, None] == self.candidate_labels[None, :]) & known
+
+
+_LAYOUT = "_layout_columns"
+
+
+def excluded_columns(batch: PairwiseBatch) -> torch.Tensor | None:
+    """(A, 2) int64 ``[self, positive]`` columns of each SimCLR anchor row, the only columns that
+    are not its negatives, or None when ``batch`` does not guarantee that layout (not built by
+    :func:`simclr_pairs`, or ``neg_mask`` replaced or written in place since)."""
+    ref = batch.__dict__.get(_LAYOUT)
+    if ref is None or ref[0] is not batch.neg_mask or ref[1] != batch.neg_mask._version:
+        return None
+    return ref[2]
 
 
 def _check_embeddings(name: str, x: torch.Tensor, ids: torch.Tensor) -> None:
@@ -151,7 +169,7 @@ def simclr_pairs(
     neg_mask = torch.ones(2 * b, 2 * big_b, dtype=torch.bool, device=z1.device)
     neg_mask[rows, self_col] = False
     neg_mask[rows, pos_col] = False
-    return PairwiseBatch(
+    batch = PairwiseBatch(
         name="image",
         sim=sim,
         pos_index=pos_col,
@@ -161,7 +179,11 @@ def simclr_pairs(
         anchor_labels=torch.cat([labels, labels]).long() if labels is not None else None,
         candidate_labels=torch.cat([all_labels, all_labels]) if all_labels is not None else None,
         global_anchors=2 * big_b,
+        self_index=self_col,
     )
+    columns = torch.stack([self_col, pos_col], dim=1)
+    batch.__dict__[_LAYOUT] = (neg_mask, neg_mask._version, columns)
+    return batch
 
 
 def _clip_inputs(

@@ -57,7 +57,8 @@ def masked_exp(
     Args:
         sim: (A, M) similarities (any float dtype; read as float32, detached).
         logit_scale: scalar tensor 1 / t.
-        mask: (A, M) bool, the entries to keep (at least one per row).
+        mask: (A, M) bool, the entries to keep (at least one per row), or the same as float32
+            0/1 values.
 
     Returns:
         ``(e, shift, total)``: e (A, M) float32 with e_ij = exp(l_ij - shift_i) on kept entries
@@ -66,7 +67,8 @@ def masked_exp(
         logits (so every e_ij <= 1 and the row's largest is 1: no overflow or underflow of the
         row sum at any temperature), and total (A,) = sum_j e_ij.
     """
-    keep = mask.view(torch.uint8).to(torch.float32)  # byte view: much faster than .float()
+    # bool: a byte view converts much faster than .float()
+    keep = mask if mask.dtype == torch.float32 else mask.view(torch.uint8).to(torch.float32)
     e = keep.sub(1.0).mul_(_REMOVED)  # 0 where kept, -1e30 where removed
     e.addcmul_(sim.detach().float(), logit_scale.detach().float())
     shift = e.amax(dim=1)
@@ -89,9 +91,10 @@ def exp_all_but_positive(
 
     Args:
         sim: (A, M) similarities; logit_scale: scalar tensor 1 / t.
-        pos_index: (A,) int64 column of each row's positive (the one removed entry).
+        pos_index: (A,) int64 column of each row's positive (the one removed entry), or (A, k)
+            columns of each row's k removed entries (e.g. SimCLR's self and positive).
     """
-    col = pos_index[:, None]
+    col = pos_index[:, None] if pos_index.dim() == 1 else pos_index
     e = sim.detach().float() * logit_scale.detach().float()
     e.scatter_(1, col, -_REMOVED)
     shift = e.amax(dim=1)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from debiascl.negatives.context import StepContext
-from debiascl.negatives.mask_counts import kept_negatives
+from debiascl.negatives.mask_counts import kept_counts
 from debiascl.pairs import PairwiseBatch
 
 
@@ -50,7 +50,7 @@ def keep_at_least_one(keep: torch.Tensor, batch: PairwiseBatch) -> torch.Tensor:
     Returns:
         (A, M) bool mask, equal to ``keep`` on rows that already keep a negative.
     """
-    empty = kept_negatives(batch, keep)[1] == 0  # (counts remembered for the loss)
+    empty = kept_counts(batch, keep) == 0  # (counts remembered for the loss)
     if not bool(empty.any()):
         return keep
     sim = batch.sim.detach().float().masked_fill(~batch.neg_mask, float("inf"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from debiascl import distributed as dist_utils
-from debiascl.negatives.mask_counts import kept_negatives, negative_counts
+from debiascl.negatives.mask_counts import kept_counts, negative_counts
 from debiascl.negatives.thresholds import count_true
 from debiascl.pairs import PairwiseBatch
 
@@ -88,7 +88,7 @@ class DetectionStats:
         if keeps_all:
             n_removed = torch.zeros_like(n_negatives).double()
         else:
-            n_removed = (n_negatives - kept_negatives(batch, keep)[1]).double()
+            n_removed = (n_negatives - kept_counts(batch, keep)).double()
         same = batch.same_label_mask()
         known = batch.known_label_mask()
         if same is None or known is None:  # the two unlabelled sums only

@@ -32,15 +32,14 @@ from debiascl.errors import ConfigError
 from debiascl.negatives.base import ScheduledDetector
 from debiascl.negatives.context import StepContext
 from debiascl.negatives.host_update import host_threshold_update
-from debiascl.negatives.mask_counts import negative_counts
+from debiascl.negatives.mask_counts import keep_at_or_below, negative_counts
 from debiascl.negatives.start_rules import TextAgreementStart
 from debiascl.negatives.thresholds import (
     ThresholdRule,
-    at_or_below_rows,
     batch_quantile,
     threshold_gradient,
 )
-from debiascl.pairs import PairwiseBatch
+from debiascl.pairs import PairwiseBatch, excluded_columns
 from debiascl.state.groups import AnchorGroups, anchor_groups, direction_names
 from debiascl.state.sharded import ShardedSampleTable, Sharding, make_table
 from debiascl.state.summary import summarize
@@ -293,7 +292,7 @@ class GloFNDDetector(ScheduledDetector):
                     (fresh,), pooled_quantile(sim, batch.neg_mask, groups, alpha, fresh, counts)
                 )
         above, total = threshold_gradient(
-            sim, batch.neg_mask, groups.expand(lam), self.alpha, neg_counts
+            sim, batch.neg_mask, groups.expand(lam), self.alpha, neg_counts, excluded_columns(batch)
         )
         warm = self.moment_init == "binomial"
         if host:  # the same operations in numpy: far less dispatch per (G,) op
@@ -342,7 +341,7 @@ class GloFNDDetector(ScheduledDetector):
             rule.observe(batch, sim, groups.expand(lam))  # candidates before masking starts
         if not masking:
             return self.keep_all(batch)
-        return at_or_below_rows(sim, groups.expand(lam))
+        return keep_at_or_below(batch, sim, groups.expand(lam))
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, float]:

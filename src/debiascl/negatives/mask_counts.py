@@ -7,17 +7,25 @@ the loss. :func:`negative_counts` and :func:`kept_negatives` compute them on fir
 remember them on the :class:`~debiascl.pairs.PairwiseBatch`, for the very mask tensors they
 came from (same objects, not modified in place since), so one step scans each (A, M) mask once.
 The values are exactly those of ``count_true(neg_mask)`` and ``neg_mask & keep``.
+
+SimCLR batches on the CPU (:func:`~debiascl.pairs.excluded_columns`: the negatives are every
+column but the anchor's own and its positive) need no mask scan at all: the negatives count is
+M - 2, and :func:`keep_at_or_below` (a threshold detector's keep-mask) gets the kept counts from
+its float 0/1 comparison (sum of the row minus its two excluded entries: exact integers) and
+remembers that comparison, zeroed at the excluded columns, as the float ``neg_mask & keep`` the
+loss's masked exponentials read (:func:`kept_negatives_float`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from debiascl.negatives.thresholds import count_true
-from debiascl.pairs import PairwiseBatch
+from debiascl.negatives.thresholds import at_or_below_rows, count_true
+from debiascl.pairs import PairwiseBatch, excluded_columns
 
 _NEGATIVES = "_negative_counts_cache"
 _KEPT = "_kept_negatives_cache"
+_KEPT_FLOAT = "_kept_negatives_float_cache"
 
 
 def _same(tensor: torch.Tensor, ref: tuple[torch.Tensor, int]) -> bool:
@@ -30,7 +38,12 @@ def negative_counts(batch: PairwiseBatch) -> torch.Tensor:
     cached = batch.__dict__.get(_NEGATIVES)
     if cached is not None and _same(batch.neg_mask, cached[0]):
         return cached[1]
-    counts = count_true(batch.neg_mask)
+    cols = excluded_columns(batch)
+    if cols is not None:  # SimCLR layout: every column but two
+        a, m = batch.neg_mask.shape
+        counts = torch.full((a,), m - cols.shape[1], dtype=torch.int64, device=cols.device)
+    else:
+        counts = count_true(batch.neg_mask)
     batch.__dict__[_NEGATIVES] = ((batch.neg_mask, batch.neg_mask._version), counts)
     return counts
 
@@ -48,6 +61,55 @@ def kept_negatives(batch: PairwiseBatch, keep: torch.Tensor) -> tuple[torch.Tens
     if cached is not None and _same(keep, cached[0]) and _same(neg, cached[1]):
         return cached[2], cached[3]
     kept = neg & keep
-    counts = count_true(kept)
+    floats = _float_cache(batch, keep)
+    counts = count_true(kept) if floats is None else floats[1]
     batch.__dict__[_KEPT] = ((keep, keep._version), (neg, neg._version), kept, counts)
     return kept, counts
+
+
+def kept_counts(batch: PairwiseBatch, keep: torch.Tensor) -> torch.Tensor:
+    """(A,) int64 row counts of ``batch.neg_mask & keep`` (:func:`kept_negatives`'s second
+    value; without forming the AND when :func:`keep_at_or_below` made ``keep``)."""
+    floats = _float_cache(batch, keep) if keep is not batch.neg_mask else None
+    return floats[1] if floats is not None else kept_negatives(batch, keep)[1]
+
+
+def kept_negatives_float(
+    batch: PairwiseBatch, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(neg_mask & keep`` as float32 0/1, its (A,) int64 row counts)``: the same values as
+    :func:`kept_negatives`'s, converted (or remembered by :func:`keep_at_or_below`)."""
+    floats = _float_cache(batch, keep) if keep is not batch.neg_mask else None
+    if floats is not None:
+        return floats
+    kept, counts = kept_negatives(batch, keep)
+    return kept.view(torch.uint8).to(torch.float32), counts  # byte view: faster than .float()
+
+
+def _float_cache(
+    batch: PairwiseBatch, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    cached = batch.__dict__.get(_KEPT_FLOAT)
+    if cached is not None and _same(keep, cached[0]) and _same(batch.neg_mask, cached[1]):
+        return cached[2], cached[3]
+    return None
+
+
+def keep_at_or_below(batch: PairwiseBatch, sim: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """(A, M) bool threshold keep-mask ``sim <= lam[:, None]`` (:func:`at_or_below_rows`).
+
+    For a CPU SimCLR batch (:func:`~debiascl.pairs.excluded_columns`) and float32 ``sim``, the
+    float comparison it is cast from also gives the kept counts and the float
+    ``neg_mask & keep``, remembered for :func:`kept_counts` and :func:`kept_negatives_float`.
+    """
+    cols = excluded_columns(batch)
+    if cols is None or sim.device.type != "cpu" or sim.dtype != torch.float32:
+        return at_or_below_rows(sim, lam)
+    below = torch.le(sim, lam[:, None], out=torch.empty_like(sim))  # 0/1 floats
+    keep = below.bool()
+    # exact: integer sums below 2**24
+    counts = below.sum(1).sub_(below.gather(1, cols).sum(1)).long()
+    below.scatter_(1, cols, 0.0)  # = float(neg_mask & keep)
+    neg = batch.neg_mask
+    batch.__dict__[_KEPT_FLOAT] = ((keep, keep._version), (neg, neg._version), below, counts)
+    return keep

@@ -227,6 +227,7 @@ def threshold_gradient(
     lam: torch.Tensor,
     alpha: float,
     mask_counts: torch.Tensor | None = None,
+    excluded: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counts behind the stochastic gradient of the lambda objective, per row.
 
@@ -236,12 +237,19 @@ def threshold_gradient(
         lam: (R,) threshold of each row.
         alpha: target fraction.
         mask_counts: ``count_true(mask)`` when the caller already has it.
+        excluded: (R, k) int64 columns, when ``mask`` is known to be True at every other column
+            (the SimCLR layout: self and positive); the mask is then not read.
 
     Returns:
         ``(above, total)``: (R,) float counts of negatives with s > lambda, and of negatives. The
         gradient of a (pooled) anchor is ``alpha - sum(above) / sum(total)``.
     """
-    above = count_true(above_rows(sim, lam) & mask).float()
+    if excluded is not None and sim.device.type == "cpu" and sim.dtype == torch.float32:
+        # 0/1 floats: row sums minus the excluded entries are exact integers (below 2**24)
+        gt = torch.gt(sim, lam[:, None], out=torch.empty_like(sim))
+        above = gt.sum(1).sub_(gt.gather(1, excluded).sum(1))
+    else:
+        above = count_true(above_rows(sim, lam) & mask).float()
     total = (count_true(mask) if mask_counts is None else mask_counts).float()
     return above, total
 

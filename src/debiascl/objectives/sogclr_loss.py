@@ -24,9 +24,9 @@ from debiascl.losses.global_contrastive import (
     sogclr_surrogate_from_exp,
 )
 from debiascl.negatives.context import StepContext
-from debiascl.negatives.mask_counts import kept_negatives
+from debiascl.negatives.mask_counts import kept_negatives_float
 from debiascl.objectives.base import LossTerms, PairLoss
-from debiascl.pairs import PairwiseBatch
+from debiascl.pairs import PairwiseBatch, excluded_columns
 from debiascl.state.groups import anchor_groups, direction_names
 from debiascl.state.sharded import Sharding, make_table
 from debiascl.state.tables import Placement, SampleTable
@@ -133,8 +133,13 @@ class GlobalContrastiveLoss(PairLoss):
                 # every negative kept (no detector): the same values without reading a mask
                 e, shift, total = exp_all_but_positive(batch.sim, scale, batch.pos_index)
                 count = torch.full_like(batch.pos_index, batch.sim.shape[1] - 1)
+            elif keep is batch.neg_mask and (cols := excluded_columns(batch)) is not None:
+                # SimCLR layout, every negative kept: all but the self and positive columns
+                e, shift, total = exp_all_but_positive(batch.sim, scale, cols)
+                count = torch.full_like(batch.pos_index, batch.sim.shape[1] - cols.shape[1])
             else:
-                mask, count = kept_negatives(batch, keep)  # = neg_mask & keep, row counts
+                # float(neg_mask & keep) and its row counts
+                mask, count = kept_negatives_float(batch, keep)
                 e, shift, total = masked_exp(batch.sim, scale, mask)
             pos = batch.sim.detach().float().gather(1, batch.pos_index[:, None])[:, 0] * scale
             if self.relative:  # x = l - l_pos shares e; only the shift moves
