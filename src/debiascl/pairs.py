@@ -162,28 +162,46 @@ def simclr_pairs(
     candidates = torch.cat([all_z1, all_z2], dim=0) if dist_utils.is_distributed() else anchors
     sim = anchors @ candidates.T
 
-    local = torch.arange(b, device=z1.device)
-    self_col = torch.cat([offset + local, big_b + offset + local])
-    pos_col = torch.cat([big_b + offset + local, offset + local])
-    rows = torch.arange(2 * b, device=z1.device)
-    neg_mask = torch.ones(2 * b, 2 * big_b, dtype=torch.bool, device=z1.device)
-    neg_mask[rows, self_col] = False
-    neg_mask[rows, pos_col] = False
+    template, self_col, pos_col, columns = _simclr_layout(b, big_b, offset, z1.device)
+    neg_mask = template.clone()  # callers may write their batch's tensors in place
     batch = PairwiseBatch(
         name="image",
         sim=sim,
-        pos_index=pos_col,
+        pos_index=pos_col.clone(),
         neg_mask=neg_mask,
         anchor_ids=torch.cat([ids, ids]).long(),
         candidate_ids=torch.cat([all_ids, all_ids]),
         anchor_labels=torch.cat([labels, labels]).long() if labels is not None else None,
         candidate_labels=torch.cat([all_labels, all_labels]) if all_labels is not None else None,
         global_anchors=2 * big_b,
-        self_index=self_col,
+        self_index=self_col.clone(),
     )
-    columns = torch.stack([self_col, pos_col], dim=1)
     batch.__dict__[_LAYOUT] = (neg_mask, neg_mask._version, columns)
     return batch
+
+
+_LAYOUTS: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+
+def _simclr_layout(
+    b: int, big_b: int, offset: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(neg_mask, self_col, pos_col, [self_col, pos_col])`` of the SimCLR layout, built once
+    per shape, rank offset and device (callers copy the tensors they hand out)."""
+    key = (b, big_b, offset, str(device))
+    found = _LAYOUTS.get(key)
+    if found is None:
+        local = torch.arange(b, device=device)
+        self_col = torch.cat([offset + local, big_b + offset + local])
+        pos_col = torch.cat([big_b + offset + local, offset + local])
+        rows = torch.arange(2 * b, device=device)
+        neg_mask = torch.ones(2 * b, 2 * big_b, dtype=torch.bool, device=device)
+        neg_mask[rows, self_col] = False
+        neg_mask[rows, pos_col] = False
+        if len(_LAYOUTS) >= 16:
+            _LAYOUTS.clear()
+        found = _LAYOUTS[key] = (neg_mask, self_col, pos_col, torch.stack([self_col, pos_col], 1))
+    return found  # type: ignore[return-value]
 
 
 def _clip_inputs(

@@ -50,7 +50,10 @@ def keep_at_least_one(keep: torch.Tensor, batch: PairwiseBatch) -> torch.Tensor:
     Returns:
         (A, M) bool mask, equal to ``keep`` on rows that already keep a negative.
     """
-    empty = kept_counts(batch, keep) == 0  # (counts remembered for the loss)
+    counts = kept_counts(batch, keep)  # (remembered for the loss)
+    if counts.device.type == "cpu" and (counts.numel() == 0 or counts.numpy().min() > 0):
+        return keep  # on the host: one numpy reduction instead of three tensor ops
+    empty = counts == 0
     if not bool(empty.any()):
         return keep
     sim = batch.sim.detach().float().masked_fill(~batch.neg_mask, float("inf"))
