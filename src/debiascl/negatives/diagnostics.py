@@ -18,7 +18,7 @@ import torch
 from debiascl import distributed as dist_utils
 from debiascl.negatives.mask_counts import kept_counts, negative_counts
 from debiascl.negatives.thresholds import count_true
-from debiascl.pairs import PairwiseBatch
+from debiascl.pairs import PairwiseBatch, excluded_columns
 
 
 class DetectionStats:
@@ -50,14 +50,18 @@ class DetectionStats:
         if sums.shape[0] == len(self._KEYS) - 1:  # saved before known_negatives existed
             sums = torch.cat([sums, sums[1:2]])  # every negative had known labels
         self._sums = sums
-        self._pending_negatives = 0
+        self._pending_negatives = self._pending_removed = 0
 
     def reset(self) -> None:
         self._sums = torch.zeros(len(self._KEYS), dtype=torch.float64)
-        # negatives counted without a tensor op (exact integers, folded into _sums on read)
-        self._pending_negatives = 0
+        # negatives and removed negatives counted on the host (exact integers, folded into _sums
+        # on read)
+        self._pending_negatives = self._pending_removed = 0
 
     def _fold_pending(self) -> None:
+        if self._pending_removed:
+            self._sums[0] += self._pending_removed
+            self._pending_removed = 0
         if self._pending_negatives:
             self._sums[1] += self._pending_negatives
             self._pending_negatives = 0
@@ -74,13 +78,23 @@ class DetectionStats:
         """
         if keeps_all and (batch.anchor_labels is None or batch.candidate_labels is None):
             # nothing removed and no labels: only the negatives count changes
-            if batch.negatives_all_but_positive:
+            if batch.negatives_all_but_positive or excluded_columns(batch) is not None:
                 a, m = batch.neg_mask.shape
-                self._pending_negatives += a * (m - 1)
+                self._pending_negatives += a * (
+                    m - 1 if batch.negatives_all_but_positive else m - 2
+                )
                 return
             if self._sums.device != batch.neg_mask.device:
                 self._sums = self._sums.to(batch.neg_mask.device)
             self._sums[1] += negative_counts(batch).sum()
+            return
+        unlabelled = batch.anchor_labels is None or batch.candidate_labels is None
+        if unlabelled and excluded_columns(batch) is not None and keep.device.type == "cpu":
+            # CPU SimCLR batch: every row has M - 2 negatives; one sum of the kept counts
+            a, m = batch.neg_mask.shape
+            negatives = a * (m - 2)
+            self._pending_negatives += negatives
+            self._pending_removed += negatives - int(kept_counts(batch, keep).sum())
             return
         # row counts shared with the rest of the step (mask_counts): the removed negatives of a
         # row are its negatives minus its kept ones
