@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from debiascl.demo import results_table, run_demo
+from debiascl.demo import results_table, run_demo, text_table
 
 
 def test_quick_demo_prints_references_and_methods(tmp_path: Path, capsys) -> None:
@@ -60,3 +60,25 @@ def test_results_table_hides_undefined_detection_scores() -> None:
     plain, filtered = table.splitlines()[2:]
     assert plain == "| plain | - | - | - | 50.0 | - | - | - | - |"
     assert filtered == "| filtered | - | - | - | - | 50.0 | 25.0 | 5.0 | 12 |"
+
+
+def test_text_table_shows_zero_shot_and_probe_next_to_detection() -> None:
+    table = text_table(
+        [
+            (
+                "text evidence",
+                {
+                    "zero_shot": {"accuracy": 0.571},
+                    "linear_probe": {"10%": {"mean": 0.609, "std": 0.0}},
+                    "fn_detection": {"removed_fraction": 0.119, "precision": 0.923, "recall": 0.98},
+                    "train_seconds": 61.4,
+                },
+            ),
+            ("plain", {"zero_shot": {"accuracy": 0.551}}),
+        ]
+    )
+    header, rule, row, plain = table.splitlines()
+    assert header == "| model | zero-shot | LP 10% | FN precision | FN recall | removed | train s |"
+    assert rule == "|---" * 7 + "|"
+    assert row == "| text evidence | 57.1 | 60.9 | 92.3 | 98.0 | 11.9 | 61 |"
+    assert plain == "| plain | 55.1 | - | - | - | - | - |"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,44 +103,43 @@ def _probe(summary: dict[str, Any], key: str) -> Any:
     return entry.get("mean") if isinstance(entry, dict) else entry
 
 
-def results_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """A Markdown table: one row per model, accuracy columns in percent."""
-    header = (
-        "| model | LP 100% | LP 10% | LP 1% | kNN | FN precision | FN recall | removed | train s |"
-    )
-    lines = [header, "|---" * 9 + "|"]
+_Column = tuple[str, Callable[[dict[str, Any]], Any]]
+#: accuracy columns (header, value from a run summary) of the two blocks' tables
+IMAGE_COLUMNS: list[_Column] = [
+    ("LP 100%", lambda s: _probe(s, "100%")),
+    ("LP 10%", lambda s: _probe(s, "10%")),
+    ("LP 1%", lambda s: _probe(s, "1%")),
+    ("kNN", lambda s: s.get("knn", {}).get("accuracy")),
+]
+TEXT_COLUMNS: list[_Column] = [
+    ("zero-shot", lambda s: s.get("zero_shot", {}).get("accuracy")),
+    ("LP 10%", lambda s: _probe(s, "10%")),
+]
+
+
+def _table(rows: list[tuple[str, dict[str, Any]]], columns: list[_Column]) -> str:
+    """A Markdown table: one row per model, ``columns`` then detection quality, in percent."""
+    head = ["model", *(name for name, _ in columns), "FN precision", "FN recall", "removed"]
+    lines = ["| " + " | ".join([*head, "train s"]) + " |", "|---" * (len(head) + 1) + "|"]
     for label, s in rows:
         fn = dict(s.get("fn_detection", {}))
         if not fn.get("removed_fraction"):  # nothing removed: detection scores are undefined
             fn = {}
+        detection = [fn.get(k) for k in ("precision", "recall", "removed_fraction")]
+        cells = [_fmt(v) for v in [*(get(s) for _, get in columns), *detection]]
         seconds = f"{s['train_seconds']:.0f}" if "train_seconds" in s else "-"
-        lines.append(
-            f"| {label} | {_fmt(_probe(s, '100%'))} | {_fmt(_probe(s, '10%'))} | "
-            f"{_fmt(_probe(s, '1%'))} | {_fmt(s.get('knn', {}).get('accuracy'))} | "
-            f"{_fmt(fn.get('precision'))} | {_fmt(fn.get('recall'))} | "
-            f"{_fmt(fn.get('removed_fraction'))} | "
-            f"{seconds} |"
-        )
+        lines.append("| " + " | ".join([label, *cells, seconds]) + " |")
     return "\n".join(lines)
+
+
+def results_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """The image-image block's table: linear probe (100/10/1% labels) and kNN accuracy."""
+    return _table(rows, IMAGE_COLUMNS)
 
 
 def text_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """The image-text block's Markdown table: zero-shot and 10%-label probe accuracy in percent."""
-    lines = [
-        "| model | zero-shot | LP 10% | FN precision | FN recall | removed | train s |",
-        "|---" * 7 + "|",
-    ]
-    for label, s in rows:
-        fn = dict(s.get("fn_detection", {}))
-        if not fn.get("removed_fraction"):
-            fn = {}
-        seconds = f"{s['train_seconds']:.0f}" if "train_seconds" in s else "-"
-        lines.append(
-            f"| {label} | {_fmt(s.get('zero_shot', {}).get('accuracy'))} | "
-            f"{_fmt(_probe(s, '10%'))} | {_fmt(fn.get('precision'))} | "
-            f"{_fmt(fn.get('recall'))} | {_fmt(fn.get('removed_fraction'))} | {seconds} |"
-        )
-    return "\n".join(lines)
+    """The image-text block's table: zero-shot and 10%-label probe accuracy."""
+    return _table(rows, TEXT_COLUMNS)
 
 
 def _quick(detector: str) -> list[str]:
