@@ -58,8 +58,8 @@ DEMO_METHODS: list[tuple[str, str, list[str]]] = [
 
 # The image-text block: CLIP-style SogCLR on the SYNTHETIC colour x garment set, where the
 # images of a class share near-identical reports among near-miss reports (tinted_clip; regime
-# it_tint_tpl of docs/experiments/fn_regimes.md, whose seed-0 runs these are). Settings as
-# chosen on the study's validation split; every detector masks from epoch 2 (0-based).
+# it_tint_tpl of docs/experiments/fn_regimes.md: the configuration of its seed-0 runs). Settings
+# as chosen on the study's validation split; every detector masks from epoch 2 (0-based).
 _IT_START = "negatives.start_epoch=2"
 IMAGE_TEXT_METHODS: list[tuple[str, str, list[str]]] = [
     ("CLIP-style SogCLR (no filtering)", "none", []),
