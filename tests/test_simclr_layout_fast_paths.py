@@ -25,7 +25,7 @@ from debiascl.negatives.mask_counts import (
     kept_negatives_float,
     negative_counts,
 )
-from debiascl.negatives.thresholds import threshold_gradient
+from debiascl.negatives.thresholds import ones_outside_columns, threshold_gradient
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.objectives.sogclr_loss import GlobalContrastiveLoss
 from debiascl.pairs import _LAYOUT, clip_pairs, excluded_columns, simclr_pairs
@@ -95,6 +95,16 @@ def test_threshold_counts_and_keep_cache_equal_the_mask_reads(seed):
     kept = batch.neg_mask & keep
     assert kept_counts(batch, keep)[3] == 0
     assert _same_bits(kept_negatives_float(batch, keep)[0], kept.float())
+
+
+def test_ones_outside_columns_counts_the_ones_of_the_other_columns():
+    g = torch.Generator().manual_seed(4)
+    ones = (torch.rand(7, 300, generator=g) < 0.5).float()
+    columns = torch.stack([torch.randperm(300, generator=g)[:3] for _ in range(7)])
+    outside = torch.ones(7, 300, dtype=torch.bool).scatter_(1, columns, False)
+    want = (ones.double() * outside.double()).sum(1)  # float64 reference
+    got = ones_outside_columns(ones, columns)
+    assert got.dtype == torch.float32 and torch.equal(got.double(), want)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from debiascl import distributed as dist_utils
+from debiascl.batch_cache import recall, remember
 from debiascl.errors import check
 from debiascl.numerics import unit_rows
 
@@ -111,10 +112,7 @@ def excluded_columns(batch: PairwiseBatch) -> torch.Tensor | None:
     """(A, 2) int64 ``[self, positive]`` columns of each SimCLR anchor row, the only columns that
     are not its negatives, or None when ``batch`` does not guarantee that layout (not built by
     :func:`simclr_pairs`, or ``neg_mask`` replaced or written in place since)."""
-    ref = batch.__dict__.get(_LAYOUT)
-    if ref is None or ref[0] is not batch.neg_mask or ref[1] != batch.neg_mask._version:
-        return None
-    return ref[2]
+    return recall(batch, _LAYOUT, (batch.neg_mask,))
 
 
 def _check_embeddings(name: str, x: torch.Tensor, ids: torch.Tensor) -> None:
@@ -176,7 +174,7 @@ def simclr_pairs(
         global_anchors=2 * big_b,
         self_index=self_col.clone(),
     )
-    batch.__dict__[_LAYOUT] = (neg_mask, neg_mask._version, columns)
+    remember(batch, _LAYOUT, (neg_mask,), columns)
     return batch
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from debiascl.negatives.thresholds import at_or_below_rows, count_true
+from debiascl.batch_cache import recall, remember
+from debiascl.negatives.thresholds import at_or_below_rows, count_true, ones_outside_columns
 from debiascl.pairs import PairwiseBatch, excluded_columns
 
 _NEGATIVES = "_negative_counts_cache"
@@ -28,24 +29,18 @@ _KEPT = "_kept_negatives_cache"
 _KEPT_FLOAT = "_kept_negatives_float_cache"
 
 
-def _same(tensor: torch.Tensor, ref: tuple[torch.Tensor, int]) -> bool:
-    """``tensor`` is the object ``ref`` remembers and was not written in place since."""
-    return tensor is ref[0] and tensor._version == ref[1]
-
-
 def negative_counts(batch: PairwiseBatch) -> torch.Tensor:
     """(A,) int64 number of negatives of each anchor row: ``count_true(batch.neg_mask)``."""
-    cached = batch.__dict__.get(_NEGATIVES)
-    if cached is not None and _same(batch.neg_mask, cached[0]):
-        return cached[1]
+    cached = recall(batch, _NEGATIVES, (batch.neg_mask,))
+    if cached is not None:
+        return cached
     cols = excluded_columns(batch)
     if cols is not None:  # SimCLR layout: every column but two
         a, m = batch.neg_mask.shape
         counts = torch.full((a,), m - cols.shape[1], dtype=torch.int64, device=cols.device)
     else:
         counts = count_true(batch.neg_mask)
-    batch.__dict__[_NEGATIVES] = ((batch.neg_mask, batch.neg_mask._version), counts)
-    return counts
+    return remember(batch, _NEGATIVES, (batch.neg_mask,), counts)
 
 
 def kept_negatives(batch: PairwiseBatch, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,14 +52,13 @@ def kept_negatives(batch: PairwiseBatch, keep: torch.Tensor) -> tuple[torch.Tens
     neg = batch.neg_mask
     if keep is neg:
         return neg, negative_counts(batch)
-    cached = batch.__dict__.get(_KEPT)
-    if cached is not None and _same(keep, cached[0]) and _same(neg, cached[1]):
-        return cached[2], cached[3]
+    cached = recall(batch, _KEPT, (keep, neg))
+    if cached is not None:
+        return cached
     kept = neg & keep
     floats = _float_cache(batch, keep)
     counts = count_true(kept) if floats is None else floats[1]
-    batch.__dict__[_KEPT] = ((keep, keep._version), (neg, neg._version), kept, counts)
-    return kept, counts
+    return remember(batch, _KEPT, (keep, neg), (kept, counts))
 
 
 def kept_counts(batch: PairwiseBatch, keep: torch.Tensor) -> torch.Tensor:
@@ -89,10 +83,7 @@ def kept_negatives_float(
 def _float_cache(
     batch: PairwiseBatch, keep: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    cached = batch.__dict__.get(_KEPT_FLOAT)
-    if cached is not None and _same(keep, cached[0]) and _same(batch.neg_mask, cached[1]):
-        return cached[2], cached[3]
-    return None
+    return recall(batch, _KEPT_FLOAT, (keep, batch.neg_mask))
 
 
 def keep_at_or_below(batch: PairwiseBatch, sim: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -107,9 +98,7 @@ def keep_at_or_below(batch: PairwiseBatch, sim: torch.Tensor, lam: torch.Tensor)
         return at_or_below_rows(sim, lam)
     below = torch.le(sim, lam[:, None], out=torch.empty_like(sim))  # 0/1 floats
     keep = below.bool()
-    # exact: integer sums below 2**24
-    counts = below.sum(1).sub_(below.gather(1, cols).sum(1)).long()
+    counts = ones_outside_columns(below, cols).long()
     below.scatter_(1, cols, 0.0)  # = float(neg_mask & keep)
-    neg = batch.neg_mask
-    batch.__dict__[_KEPT_FLOAT] = ((keep, keep._version), (neg, neg._version), below, counts)
+    remember(batch, _KEPT_FLOAT, (keep, batch.neg_mask), (below, counts))
     return keep

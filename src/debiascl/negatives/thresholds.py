@@ -221,6 +221,17 @@ def at_or_below_rows(sim: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     return torch.le(sim, lam[:, None], out=torch.empty_like(sim)).bool()
 
 
+def ones_outside_columns(ones: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """(R,) per-row sum of the float 0/1 entries of ``ones`` (R, M) outside the (R, k) int64
+    ``columns``: the row sum minus the sum of the gathered entries, in ``ones``' dtype.
+
+    Exact integers while M < 2**24 in float32 (every partial sum is an integer below 2**24), so
+    the count of a float comparison over a row's columns but a few (the SimCLR layout's self and
+    positive, :func:`~debiascl.pairs.excluded_columns`) without building a bool mask.
+    """
+    return ones.sum(1).sub_(ones.gather(1, columns).sum(1))
+
+
 def threshold_gradient(
     sim: torch.Tensor,
     mask: torch.Tensor,
@@ -245,9 +256,8 @@ def threshold_gradient(
         gradient of a (pooled) anchor is ``alpha - sum(above) / sum(total)``.
     """
     if excluded is not None and sim.device.type == "cpu" and sim.dtype == torch.float32:
-        # 0/1 floats: row sums minus the excluded entries are exact integers (below 2**24)
-        gt = torch.gt(sim, lam[:, None], out=torch.empty_like(sim))
-        above = gt.sum(1).sub_(gt.gather(1, excluded).sum(1))
+        gt = torch.gt(sim, lam[:, None], out=torch.empty_like(sim))  # 0/1 floats
+        above = ones_outside_columns(gt, excluded)
     else:
         above = count_true(above_rows(sim, lam) & mask).float()
     total = (count_true(mask) if mask_counts is None else mask_counts).float()

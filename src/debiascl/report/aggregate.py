@@ -126,14 +126,28 @@ def aggregate_runs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     return out
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
+def flat_config(
+    tree: dict[str, Any], prefix: str = "", empty_dict_leaves: bool = False
+) -> dict[str, Any]:
+    """``{"section.key": value}`` of a nested config. An empty mapping is dropped, or kept as the
+    leaf ``{}`` with ``empty_dict_leaves``."""
+    out: dict[str, Any] = {}
     for key, val in tree.items():
-        if isinstance(val, dict) and val:
-            out.update(_flat(val, f"{prefix}{key}."))
+        name = f"{prefix}{key}"
+        if isinstance(val, dict) and (val or not empty_dict_leaves):
+            out.update(flat_config(val, name + ".", empty_dict_leaves))
         else:
-            out[f"{prefix}{key}"] = val if isinstance(val, str) else json.dumps(val, sort_keys=True)
+            out[name] = val
     return out
+
+
+def _flat(tree: dict[str, Any]) -> dict[str, str]:
+    """:func:`flat_config` with empty mappings as leaves and every non-string leaf as its JSON
+    text (sorted keys), for labels."""
+    return {
+        name: val if isinstance(val, str) else json.dumps(val, sort_keys=True)
+        for name, val in flat_config(tree, empty_dict_leaves=True).items()
+    }
 
 
 def _other_method(key: str, flats: list[dict[str, str]]) -> bool:

@@ -23,7 +23,7 @@ from debiascl.eval.embedding_sample import FILE_NAME as EMBEDDINGS_FILE
 from debiascl.eval.embedding_sample import load_embedding_sample
 from debiascl.negatives.removed_pairs import FILE_NAME as PAIRS_FILE
 from debiascl.negatives.removed_pairs import read_removed_pairs
-from debiascl.report.aggregate import _setting_key, load_run
+from debiascl.report.aggregate import _setting_key, flat_config, load_run
 
 
 @dataclass
@@ -158,18 +158,6 @@ def seed_stats(values: Sequence[float]) -> tuple[float, float, int]:
     if not vals:
         return math.nan, math.nan, 0
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0, len(vals)
-
-
-def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"section.key": value}`` of a nested config."""
-    out: dict[str, Any] = {}
-    for key, val in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(val, dict):
-            out.update(flat_config(val, name + "."))
-        else:
-            out[name] = val
-    return out
 
 
 def config_differences(groups: Sequence[RunGroup]) -> dict[str, list[Any]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from debiascl.batch_cache import recall, remember
 from debiascl.errors import ConfigError
 from debiascl.pairs import PairwiseBatch
 
@@ -90,12 +91,10 @@ def anchor_groups(batch: PairwiseBatch) -> AnchorGroups:
     since), so the detector and the loss of one step group the rows once.
     """
     ids = batch.anchor_ids
-    cached = batch.__dict__.get(_CACHE)
-    if cached is not None and cached[0] is ids and cached[1] == ids._version:
-        return cached[2]
-    groups = _group(batch)
-    batch.__dict__[_CACHE] = (ids, ids._version, groups)
-    return groups
+    cached = recall(batch, _CACHE, (ids,))
+    if cached is not None:
+        return cached
+    return remember(batch, _CACHE, (ids,), _group(batch))
 
 
 _CACHE = "_anchor_groups_cache"
