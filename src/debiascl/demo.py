@@ -13,6 +13,7 @@ Both give false-negative detection quality. Writes ``results.json``, ``results.m
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -207,8 +208,12 @@ def _train_block(
     done: int,
     total: int,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Train each (label, detector, overrides) of ``block`` on ``config``; (label, summary)."""
-    from debiascl.train.trainer import Trainer
+    """Train each (label, detector, overrides) of ``block`` on ``config``; (label, summary).
+
+    Where the trainer shows no progress bar (stderr is not a terminal: CI logs, ``| tee``,
+    nohup), prints one line per finished epoch instead.
+    """
+    from debiascl.train.trainer import Trainer, progress_enabled
 
     rows = []
     for i, (label, detector, overrides) in enumerate(block):
@@ -218,8 +223,25 @@ def _train_block(
             extra.append("eval.references=false")
         cfg = load_config(config, [*extra, *overrides, *(_quick(detector) if quick else [])])
         print(f"[{done + i + 1}/{total}] training {label} ...", flush=True)
-        rows.append((label, Trainer(cfg, run_dir=output_dir / detector).fit()))
+        trainer = Trainer(cfg, run_dir=output_dir / detector)
+        if not progress_enabled():
+            trainer.on_epoch = _epoch_line(f"[{done + i + 1}/{total}] {label}", cfg.train.epochs)
+        rows.append((label, trainer.fit()))
     return rows
+
+
+def _epoch_line(prefix: str, epochs: int) -> Callable[[dict[str, Any]], None]:
+    """Prints ``PREFIX epoch E/EPOCHS loss L (S s)`` for an epoch record, flushed."""
+
+    def show(record: dict[str, Any]) -> None:
+        loss, seconds = record.get("loss", math.nan), record.get("epoch_seconds", math.nan)
+        then = ", evaluating ..." if record["epoch"] == epochs else ""
+        print(
+            f"{prefix} epoch {record['epoch']}/{epochs} loss {loss:.3f} ({seconds:.0f} s){then}",
+            flush=True,
+        )
+
+    return show
 
 
 def _html_report(run_dirs: list[Path], out: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ from debiascl.train.logging import RunLogger
 from debiascl.train.optim import build_optimizer, warmup_cosine
 from debiascl.train.removed_pairs import attach_removed_pairs, save_removed_pairs
 from debiascl.train.resume import (
+    LoaderWorkersMixin,
     ignore_stop_signals,
+    kill_workers_at_exit,
     make_resumable,
     stop_signals_blocked,
 )
@@ -59,7 +62,7 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty() and dist_utils.is_main_process()
 
 
-class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
+class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin, LoaderWorkersMixin):
     """Trains the model that ``cfg`` describes; see :meth:`fit`."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None = None) -> None:
@@ -116,6 +119,7 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
         self._skipper = make_resumable(self.train_loader)
         if cfg.data.num_workers > 0:  # pre-emption signals reach the workers too (same group)
             self.train_loader.worker_init_fn = ignore_stop_signals
+            kill_workers_at_exit()  # they ignore SIGTERM: a multiprocessing child would hang
         if cfg.train.max_steps is not None:
             self.total_steps = min(cfg.train.max_steps, self.steps_per_epoch * cfg.train.epochs)
         else:
@@ -153,6 +157,9 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
         self._epoch_t0: float | None = None
         self._lock = RunDirLock(self.run_dir)  # held by rank 0 while fit() runs
         self.nothing_to_train = False  # fit() resumed a run that had already finished
+        #: called on rank 0 with each finished epoch's record (as in metrics.jsonl) once it is
+        #: logged, e.g. to print progress where no bar shows; None: nothing
+        self.on_epoch: Callable[[dict[str, Any]], None] | None = None
 
     # ----------------------------------------------------------------- loop
 
@@ -190,6 +197,7 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
             finally:
                 self.logger.close()
         finally:
+            self.close()  # persistent loader workers; a later fit() starts new ones
             self._lock.release()
 
     def _fit(self, evaluate: bool) -> dict[str, Any]:
@@ -217,6 +225,8 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin):
                         self.best_loss = loss
                     self.save(is_best=is_best)
                 self.logger.epoch(record)
+                if self.on_epoch is not None and self.is_main:
+                    self.on_epoch(record)
                 if self._sync_flags(None)[1]:
                     self._stop_for_signal()
                 if (
