@@ -49,138 +49,19 @@ from fn_stats import (
     share_interval,
     t_interval,
 )
+from regimes import (
+    COMMON,
+    METHODS,
+    REGIMES,
+    TUNE_SEED,
+    VALIDATION,
+    methods_of,
+    overrides_of,
+)
 
 HERE = Path(__file__).resolve().parent
 RUNS = HERE / "runs"
 DOC = HERE.parents[1] / "docs" / "experiments" / "fn_regimes.md"
-
-HARD3 = "[2,4,6]"  # pullover, coat, shirt: the most confusable classes (FN base rate 1/3)
-UPPER5 = "[0,2,3,4,6]"  # t-shirt, pullover, dress, coat, shirt (FN base rate 1/5)
-
-COMMON = [
-    "data.train_size=2000",
-    "train.epochs=12",
-    "eval.probe_seeds=1",
-    "eval.linear_probe_fractions=[0.1]",
-    "eval.references=false",
-    "checkpoint.overwrite=true",
-]
-IT = ["fmnist_clip_glofnd"]  # bimodal SogCLR (t = 0.2), small CNN, frozen MiniLM captions
-II = ["fmnist_simclr"]  # SimCLR: NT-Xent (t = 0.2), small CNN, SimCLR augmentation
-IT_METRICS = ["zero_shot/accuracy", "linear_probe/10%/mean"]
-II_METRICS = ["linear_probe/10%/mean", "knn/accuracy"]
-#: SYNTHETIC colour x garment (debiascl.data.tinted): pullover, coat, shirt in red, green, blue
-TINT9 = (
-    "["
-    + ",".join(f"{c} {g}" for c in ("red", "green", "blue") for g in ("pullover", "coat", "shirt"))
-    + "]"
-)
-TINT = [*IT, "data.dataset=tinted_fashion_mnist", "data.channels=3", f"data.classes={TINT9}"]
-
-#: regime -> (base config and overrides, reported metrics, label). Every metric is reported in
-#: every cell; settings are chosen on validation by the mean of the regime's metrics.
-REGIMES: dict[str, tuple[list[str], list[str], str]] = {
-    "it_3": (
-        [*IT, f"data.classes={HARD3}"],
-        IT_METRICS,
-        "image-text, 3 similar classes, 8 caption templates per class (near-identical reports)",
-    ),
-    "it_3_single": (
-        [*IT, f"data.classes={HARD3}", "data.caption_templates=single"],
-        IT_METRICS,
-        "image-text, 3 similar classes, one caption per class (identical reports)",
-    ),
-    "it_3_dominant": (
-        [
-            *IT,
-            f"data.classes={HARD3}",
-            "data.train_size=3000",
-            "data.subsample_classes=[1,2]",
-            "data.subsample_fraction=0.333",
-        ],
-        IT_METRICS,
-        "image-text, 3 similar classes, one class 60% of training (like 'no finding')",
-    ),
-    "it_10": ([*IT], IT_METRICS, "image-text, 10 classes, 8 caption templates per class"),
-    "it_tint": (
-        [*TINT, "data.caption_templates=single"],
-        IT_METRICS,
-        "image-text, SYNTHETIC colour x garment (9 classes), one caption per class: identical "
-        "reports among near-miss reports (same colour, other garment)",
-    ),
-    "it_tint_tpl": (
-        [*TINT],
-        IT_METRICS,
-        "image-text, SYNTHETIC colour x garment (9 classes), 8 caption templates per class: "
-        "near-identical reports among near-miss reports",
-    ),
-    "it_tint_tpl_start0": (
-        [*TINT],
-        IT_METRICS,
-        "it_tint_tpl with masking from the first epoch (start epoch 0 instead of 2)",
-    ),
-    "ii_3": ([*II, f"data.classes={HARD3}"], II_METRICS, "image-image, 3 similar classes"),
-    "ii_5": ([*II, f"data.classes={UPPER5}"], II_METRICS, "image-image, 5 upper-body garments"),
-    "ii_10": ([*II], II_METRICS, "image-image, 10 classes"),
-}
-
-START = ["negatives.start_epoch=2"]
-#: every arm first resets the base config's detector settings (fmnist_clip_glofnd carries a
-#: glofnd block and start keys that other detectors do not read and would refuse)
-RESET = [
-    "negatives.glofnd=null",
-    "negatives.alpha=null",
-    "negatives.start_epoch=null",
-    "negatives.update_start_epoch=null",
-]
-#: method -> candidate settings (label -> overrides); several candidates are tuned on validation
-METHODS: dict[str, dict[str, list[str]]] = {
-    "none": {"": ["negatives.name=none"]},
-    "oracle": {"": ["negatives.name=oracle", *START]},
-    "fnc": {f"a{a}": ["negatives.name=fnc", f"negatives.alpha={a}", *START] for a in (0.05, 0.2)},
-    "glofnd": {
-        f"a{a}": [
-            "negatives.name=glofnd",
-            f"negatives.alpha={a}",
-            *START,
-            "negatives.update_start_epoch=1",
-            "negatives.glofnd.init=batch_quantile",
-            "negatives.glofnd.moment_init=binomial",
-            "negatives.glofnd.beta1=0.5",
-        ]
-        for a in (0.05, 0.2)
-    },
-    "text_sim": {
-        f"t{t}": ["negatives.name=text_sim", f"negatives.text_threshold={t}", *START]
-        for t in (0.8, 0.9)
-    },
-}
-TEXT_ONLY = {"text_sim"}
-#: image-image regimes give text_sim the captions as side evidence (reports beside the images;
-#: the model sees images only, so every other method's runs are unchanged by it)
-SIDE = ["data.side_captions=true"]
-TUNE_SEED = 100
-VALIDATION = ["data.validation_size=2000"]
-
-
-def methods_of(regime: str) -> list[str]:
-    return list(METHODS)
-
-
-#: regimes whose detectors start masking at another epoch than START's
-START_OF = {"it_tint_tpl_start0": 0}
-
-
-def overrides_of(regime: str, method: str, label: str) -> list[str]:
-    side = SIDE if method in TEXT_ONLY and regime.startswith("ii") else []
-    reset = [r for r in RESET if not r.startswith(f"negatives.{method}=")]
-    over = METHODS[method][label]
-    if regime in START_OF:
-        start = f"negatives.start_epoch={START_OF[regime]}"
-        over = [start if o in START else o for o in over]
-        # thresholds that learn before masking start with it (update_start_epoch <= start_epoch)
-        over = [o for o in over if not o.startswith("negatives.update_start_epoch=")]
-    return [*reset, *over, *side]
 
 
 def jobs(
