@@ -138,6 +138,22 @@ METHODS: dict[str, dict[str, list[str]]] = {
         ]
         for a in (0.05, 0.2)
     },
+    #: GloFND with the start rule that needs no start epoch: masking begins once at least half
+    #: (start_agreement 0.5) of the pairs above the learned thresholds have agreeing texts
+    #: (MiniLM cosine >= 0.8); thresholds learn from epoch 0
+    "glofnd_agree": {
+        f"a{a}": [
+            "negatives.name=glofnd",
+            f"negatives.alpha={a}",
+            "negatives.start_epoch=0",
+            "negatives.start_rule=text_agreement",
+            "negatives.text_threshold=0.8",
+            "negatives.glofnd.init=batch_quantile",
+            "negatives.glofnd.moment_init=binomial",
+            "negatives.glofnd.beta1=0.5",
+        ]
+        for a in (0.05, 0.2)
+    },
     "text_sim": {
         f"t{t}": ["negatives.name=text_sim", f"negatives.text_threshold={t}", *START]
         for t in (0.8, 0.9)
@@ -157,10 +173,13 @@ VALIDATION = ["data.validation_size=2000"]
 #: cross-modal similarities carry no meaning at the start (with pretrained unimodal towers as
 #: here; an aligned pretrained CLIP would differ).
 STABLE_IN = {"ii_3_pre"}
+#: the text_agreement start rule is measured where texts are the model's other input
+AGREE_IN = {"it_tint_tpl_pre"}
 
 
 def methods_of(regime: str) -> list[str]:
-    return [m for m in METHODS if m != "stable_glofnd" or regime in STABLE_IN]
+    only = {"stable_glofnd": STABLE_IN, "glofnd_agree": AGREE_IN}
+    return [m for m in METHODS if m not in only or regime in only[m]]
 
 
 #: regimes whose detectors start masking at another epoch than START's
@@ -170,8 +189,9 @@ START_OF = {"it_tint_tpl_start0": 0, "ii_3_pre": 1}
 
 def overrides_of(regime: str, method: str, label: str) -> list[str]:
     side = SIDE if method in TEXT_ONLY and regime.startswith("ii") else []
-    reset = [r for r in RESET if not r.startswith(f"negatives.{method}=")]
     over = METHODS[method][label]
+    detector = next(o.split("=", 1)[1] for o in over if o.startswith("negatives.name="))
+    reset = [r for r in RESET if not r.startswith(f"negatives.{detector}=")]
     if regime in START_OF:
         start = f"negatives.start_epoch={START_OF[regime]}"
         over = [start if o in START else o for o in over]
