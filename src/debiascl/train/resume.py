@@ -16,8 +16,11 @@ from __future__ import annotations
 import atexit
 import itertools
 import multiprocessing
+import multiprocessing.util
+import os
 import signal
 from collections.abc import Iterator
+from typing import TypeVar
 
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
@@ -113,6 +116,57 @@ def _kill_daemonic_children() -> None:
 
 
 atexit.register(_kill_daemonic_children)
+_exit_hook_pid: int | None = None
+_Self = TypeVar("_Self", bound="LoaderWorkersMixin")
+
+
+def kill_workers_at_exit() -> None:
+    """Make :func:`_kill_daemonic_children` run at the exit of this process too when
+    ``multiprocessing`` started it (a spawned or forked ``Process``, a pool worker).
+
+    Such a process ends with ``os._exit`` after multiprocessing's own exit function, so atexit
+    handlers never run there: that function runs the finalizers of priority >= 0, then SIGTERMs
+    and joins the daemonic children -- and waits forever on a worker that ignores SIGTERM. A
+    finalizer registered here (once per process; forking clears the registry) kills them first.
+    """
+    global _exit_hook_pid
+    if _exit_hook_pid != os.getpid():
+        _exit_hook_pid = os.getpid()
+        multiprocessing.util.Finalize(None, _kill_daemonic_children, exitpriority=100)
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop the worker processes (and pin-memory thread) of ``loader``'s current iterator.
+
+    A loader with ``persistent_workers`` keeps its iterator, and so its workers, as long as the
+    loader itself lives; dropping one's own reference is not enough (a traceback may hold the
+    iterator too). Idempotent; the loader stays usable: the next ``iter`` starts new workers.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    loader._iterator = None
+    shutdown = getattr(iterator, "_shutdown_workers", None)  # what the iterator's __del__ calls
+    if callable(shutdown):
+        shutdown()
+
+
+class LoaderWorkersMixin:
+    """:meth:`close` and the context manager of :class:`~debiascl.train.trainer.Trainer`."""
+
+    train_loader: DataLoader
+
+    def close(self) -> None:
+        """Shut down the training loader's worker processes (``data.num_workers > 0``).
+
+        :meth:`fit` calls it when it returns or raises; call it (or use the trainer as a context
+        manager) after iterating ``train_loader`` yourself. The trainer stays usable.
+        """
+        shutdown_workers(self.train_loader)
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class stop_signals_blocked:
