@@ -88,6 +88,13 @@ REGIMES: dict[str, tuple[list[str], list[str], str]] = {
         "it_tint_tpl fine-tuned from a pretrained image tower: ImageNet EfficientNet-Lite0 "
         "(32 px, 8 epochs, lr 1e-3) instead of the small CNN from scratch",
     ),
+    "it_ssd_skewed": (
+        ["fmnist_ssd_corpus", "data.train_size=5000", "train.epochs=6"],
+        IT_METRICS,
+        "image-text, SSD loss (eta from a caption n-gram model), 10 classes whose caption "
+        "diversity differs (one caption for class 0 ... 16 for class 9): per-sample text "
+        "frequencies vary, the setting eta_glofnd is for",
+    ),
     "ii_3": ([*II, f"data.classes={HARD3}"], II_METRICS, "image-image, 3 similar classes"),
     "ii_3_pre": (
         [*II, f"data.classes={HARD3}", *PRE, "train.epochs=4"],
@@ -138,6 +145,20 @@ METHODS: dict[str, dict[str, list[str]]] = {
         ]
         for a in (0.05, 0.2)
     },
+    #: GloFND with a per-anchor alpha_i = clip(alpha_scale * eta_i, 0.01, 0.5) from SSD's eta
+    #: (needs the SSD loss, which supplies eta)
+    "eta_glofnd": {
+        f"s{s}": [
+            "negatives.name=eta_glofnd",
+            *START,
+            "negatives.update_start_epoch=1",
+            f"negatives.eta_glofnd.alpha_scale={s}",
+            "negatives.eta_glofnd.init=batch_quantile",
+            "negatives.eta_glofnd.moment_init=binomial",
+            "negatives.eta_glofnd.beta1=0.5",
+        ]
+        for s in (0.5, 1.0)
+    },
     #: GloFND with the start rule that needs no start epoch: masking begins once at least half
     #: (start_agreement 0.5) of the pairs above the learned thresholds have agreeing texts
     #: (MiniLM cosine >= 0.8); thresholds learn from epoch 0
@@ -175,9 +196,13 @@ VALIDATION = ["data.validation_size=2000"]
 STABLE_IN = {"ii_3_pre"}
 #: the text_agreement start rule is measured where texts are the model's other input
 AGREE_IN = {"it_tint_tpl_pre"}
+#: eta_glofnd needs SSD's eta; that regime compares it with GloFND at a constant alpha only
+ETA_IN = {"it_ssd_skewed"}
 
 
 def methods_of(regime: str) -> list[str]:
+    if regime in ETA_IN:
+        return ["none", "oracle", "glofnd", "eta_glofnd"]
     only = {"stable_glofnd": STABLE_IN, "glofnd_agree": AGREE_IN}
     return [m for m in METHODS if m not in only or regime in only[m]]
 
