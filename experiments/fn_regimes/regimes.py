@@ -89,7 +89,7 @@ REGIMES: dict[str, tuple[list[str], list[str], str]] = {
         "(32 px, 8 epochs, lr 1e-3) instead of the small CNN from scratch",
     ),
     "it_ssd_skewed": (
-        ["fmnist_ssd_corpus", "data.train_size=5000", "train.epochs=6"],
+        ["fmnist_ssd_corpus", "data.train_size=5000", "data.test_size=null", "train.epochs=6"],
         IT_METRICS,
         "image-text, SSD loss (eta from a caption n-gram model), 10 classes whose caption "
         "diversity differs (one caption for class 0 ... 16 for class 9): per-sample text "
