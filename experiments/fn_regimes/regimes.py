@@ -203,7 +203,7 @@ ETA_IN = {"it_ssd_skewed"}
 def methods_of(regime: str) -> list[str]:
     if regime in ETA_IN:
         return ["none", "oracle", "glofnd", "eta_glofnd"]
-    only = {"stable_glofnd": STABLE_IN, "glofnd_agree": AGREE_IN}
+    only = {"stable_glofnd": STABLE_IN, "glofnd_agree": AGREE_IN, "eta_glofnd": ETA_IN}
     return [m for m in METHODS if m not in only or regime in only[m]]
 
 
