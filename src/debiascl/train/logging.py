@@ -18,6 +18,19 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def scalar_leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"a/b": value}`` of the finite int / float leaves of a nested dict (bools left out):
+    the scalars of an evaluation result, as TensorBoard tags."""
+    flat: dict[str, float] = {}
+    for key, val in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(val, dict):
+            flat.update(scalar_leaves(val, name + "/"))
+        elif isinstance(val, int | float) and not isinstance(val, bool) and math.isfinite(val):
+            flat[name] = float(val)
+    return flat
+
+
 class RunLogger:
     """Writes epoch records to ``metrics.jsonl`` and scalars to TensorBoard (rank 0 only)."""
 

@@ -32,7 +32,7 @@ from debiascl.errors import ConfigError, DataError
 from debiascl.fairness_build import build_fairness_terms
 from debiascl.objectives import ContrastiveObjective, StepContext
 from debiascl.train import checkpoint as ckpt
-from debiascl.train.logging import RunLogger
+from debiascl.train.logging import RunLogger, scalar_leaves
 from debiascl.train.optim import build_optimizer, warmup_cosine
 from debiascl.train.removed_pairs import attach_removed_pairs, save_removed_pairs
 from debiascl.train.resume import (
@@ -236,7 +236,9 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin, LoaderWorker
                     and self.state.epoch < epochs
                 ):
                     self.logger.scalars(
-                        _flatten(self.evaluate(references=False)), self.state.step, prefix="eval/"
+                        scalar_leaves(self.evaluate(references=False)),
+                        self.state.step,
+                        prefix="eval/",
                     )
             if self._saved_at != (
                 self.state.epoch,
@@ -389,14 +391,3 @@ class Trainer(StepMixin, CheckpointMixin, SignalMixin, RunDirMixin, LoaderWorker
             )
         dist_utils.barrier()
         return results
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for key, val in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(val, dict):
-            flat.update(_flatten(val, name + "/"))
-        elif isinstance(val, int | float) and not isinstance(val, bool) and math.isfinite(val):
-            flat[name] = float(val)
-    return flat
